@@ -1,0 +1,33 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers, bottom to top:
+//   CKVMHeaders  C shim: the KVM uAPI this project needs, with pinned numbers
+//   GuestMemfd   typed KVM objects over one kernel seam (real /dev/kvm or the fake)
+//   Populate     launch plans, population policies and measurements
+//   snpvmm       the command-line VMM
+let package = Package(
+    name: "snpvmm",
+    products: [
+        .library(name: "GuestMemfd", targets: ["GuestMemfd"]),
+        .library(name: "Populate", targets: ["Populate"]),
+        .executable(name: "snpvmm", targets: ["snpvmm"]),
+    ],
+    targets: [
+        .target(name: "CKVMHeaders"),
+        .systemLibrary(
+            name: "CLibcrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        .target(name: "GuestMemfd", dependencies: ["CKVMHeaders"]),
+        .target(name: "Populate", dependencies: ["GuestMemfd", "CLibcrypto"]),
+        .executableTarget(name: "snpvmm", dependencies: ["GuestMemfd", "Populate"]),
+        .target(name: "Fixtures", path: "Tests/Fixtures", exclude: ["README.md", "Guests", "build-guests.sh"]),
+        .testTarget(
+            name: "PopulateTests",
+            dependencies: ["GuestMemfd", "Populate", "Fixtures", "CKVMHeaders"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,66 @@
+import CKVMHeaders
+
+/// The real kernel: each primitive is one syscall through the C shim.
+///
+/// `open` and `fallocate` are retried when a signal interrupts them (they
+/// report no partial progress). `ioctl` never is: KVM_RUN hands EINTR to its
+/// caller, and the population ioctls resume from the progress the kernel
+/// wrote back, which only their callers can see.
+public struct LinuxKernel: KernelInterface {
+    public init() {}
+
+    public func open(_ path: String, flags: CInt) throws(Errno) -> CInt {
+        while true {
+            let result = ckvm_open(path, flags)
+            if result >= 0 { return result }
+            if result == -Errno.interrupted.rawValue { continue }
+            throw Errno(rawValue: -result)
+        }
+    }
+
+    public func close(_ fd: CInt) throws(Errno) {
+        // Linux releases the descriptor even when close reports EINTR, so it is never retried.
+        let result = ckvm_close(fd)
+        if result < 0 { throw Errno(rawValue: -result) }
+    }
+
+    public func ioctl(_ fd: CInt, _ request: UInt, _ argument: UInt) throws(Errno) -> Int {
+        let result = ckvm_ioctl(fd, request, argument)
+        if result < 0 { throw Errno(rawValue: CInt(-result)) }
+        return result
+    }
+
+    public func mmap(length: Int, protection: CInt, flags: CInt, fd: CInt, offset: Int) throws(Errno)
+        -> UnsafeMutableRawPointer
+    {
+        var error: CInt = 0
+        guard let address = ckvm_mmap(nil, length, protection, flags, fd, offset, &error) else {
+            throw Errno(rawValue: error)
+        }
+        return address
+    }
+
+    public func munmap(_ address: UnsafeMutableRawPointer, length: Int) throws(Errno) {
+        let result = ckvm_munmap(address, length)
+        if result < 0 { throw Errno(rawValue: -result) }
+    }
+
+    public func madvise(_ address: UnsafeMutableRawPointer, length: Int, advice: CInt) throws(Errno) {
+        while true {
+            let result = ckvm_madvise(address, length, advice)
+            if result == 0 { return }
+            // MADV_POPULATE_* report EINTR when a signal arrives; nothing is lost by repeating.
+            if result == -Errno.interrupted.rawValue { continue }
+            throw Errno(rawValue: -result)
+        }
+    }
+
+    public func fallocate(_ fd: CInt, mode: CInt, offset: Int, length: Int) throws(Errno) {
+        while true {
+            let result = ckvm_fallocate(fd, mode, offset, length)
+            if result == 0 { return }
+            if result == -Errno.interrupted.rawValue { continue }
+            throw Errno(rawValue: -result)
+        }
+    }
+}

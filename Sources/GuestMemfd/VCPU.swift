@@ -1,0 +1,246 @@
+import CKVMHeaders
+
+/// Why `KVM_RUN` returned, decoded from the vCPU's `kvm_run` area.
+public enum VCPUExit {
+    /// `KVM_EXIT_IO`: a port access; for `in`, fill `data` before the next run.
+    case io(IOExit)
+    /// `KVM_EXIT_MMIO`: an access to a guest-physical address no memslot backs.
+    case mmio(MMIOExit)
+    /// `KVM_EXIT_HLT`: HLT without an in-kernel irqchip.
+    case hlt
+    /// `KVM_EXIT_SHUTDOWN`: a triple fault.
+    case shutdown
+    /// `KVM_EXIT_FAIL_ENTRY`: the hardware refused the vCPU state.
+    case failEntry(hardwareReason: UInt64)
+    /// `KVM_EXIT_INTERNAL_ERROR`, e.g. suberror 1 for an instruction KVM cannot emulate.
+    case internalError(suberror: UInt32)
+    /// `KVM_EXIT_SYSTEM_EVENT`: shutdown, reset, crash, or SEV termination (type 6).
+    case systemEvent(type: UInt32)
+    /// `KVM_EXIT_HYPERCALL`, e.g. `KVM_HC_MAP_GPA_RANGE` (12) for an explicit conversion.
+    case hypercall(nr: UInt64, arguments: [UInt64])
+    /// `KVM_EXIT_MEMORY_FAULT`: the guest touched memory whose attribute does
+    /// not match its access, or private memory with no guest_memfd behind it.
+    case memoryFault(MemoryFault)
+    /// Any other exit reason.
+    case other(reason: UInt32)
+}
+
+/// A port access that exited to userspace.
+public struct IOExit {
+    public enum Direction: Sendable { case `in`, out }
+    public let direction: Direction
+    public let port: UInt16
+    /// Bytes per access: 1, 2 or 4.
+    public let size: Int
+    /// Accesses in a string instruction (`rep outsb`), 1 otherwise.
+    public let count: Int
+    /// The accessed bytes inside `kvm_run`, valid until the next `run()`.
+    public let data: UnsafeMutableRawBufferPointer
+
+    /// The first access's value, little-endian.
+    public var value: UInt32 {
+        var result: UInt32 = 0
+        for index in 0..<min(size, 4) { result |= UInt32(data[index]) << (8 * index) }
+        return result
+    }
+}
+
+/// A guest-physical access no memslot backs.
+public struct MMIOExit {
+    public let physicalAddress: UInt64
+    public let isWrite: Bool
+    /// The accessed bytes inside `kvm_run`, valid until the next `run()`.
+    public let data: UnsafeMutableRawBufferPointer
+}
+
+/// The fields of `KVM_EXIT_MEMORY_FAULT`.
+public struct MemoryFault: Hashable, Sendable {
+    /// True when the guest's access was private (`KVM_MEMORY_EXIT_FLAG_PRIVATE`).
+    public let isPrivate: Bool
+    public let range: GuestRange
+}
+
+/// A virtual CPU and its mapped `kvm_run` area.
+///
+/// A vCPU is driven from one thread at a time, so the type is not `Sendable`.
+public final class VCPU: KernelObject {
+    public let vm: VM
+    public let id: UInt32
+    /// The raw descriptor, for embedding VMMs; it stays owned by this object.
+    public let fd: CInt
+    /// The shared `struct kvm_run` the kernel fills on every exit.
+    public let runArea: UnsafeMutableRawPointer
+    let runSize: Int
+    public var kernel: any KernelInterface { vm.kernel }
+    var objectKind: KVMObjectKind { .vcpu }
+
+    init(vm: VM, id: UInt32, fd: CInt, run: UnsafeMutableRawPointer, runSize: Int) {
+        self.vm = vm
+        self.id = id
+        self.fd = fd
+        self.runArea = run
+        self.runSize = runSize
+    }
+
+    deinit {
+        try? kernel.munmap(runArea, length: runSize)
+        try? kernel.close(fd)
+    }
+
+    private var state: UnsafeMutablePointer<kvm_run> { runArea.assumingMemoryBound(to: kvm_run.self) }
+
+    /// Runs the vCPU until it exits to userspace.
+    ///
+    /// The corresponding ioctl is `KVM_RUN` (vCPU ioctl).
+    /// - Throws: EINTR when a signal interrupted the run (the caller decides
+    ///   whether to re-enter); any other errno except the EFAULT that comes
+    ///   with a memory-fault exit, which is returned as `.memoryFault`.
+    public func run() throws(KVMError) -> VCPUExit {
+        // A stale exit reason must never be read as this run's: the kernel
+        // writes it only on the paths that report an exit.
+        state.pointee.exit_reason = UInt32(KVM_EXIT_UNKNOWN)
+        do {
+            _ = try kernel.ioctl(fd, Ioctl.run.request, 0)
+        } catch {
+            if error == .badAddress, state.pointee.exit_reason == UInt32(CKVM_EXIT_MEMORY_FAULT) {
+                return decodeExit()
+            }
+            throw KVMError(.ioctl(.run), on: .vcpu, fd: fd, errno: error, detail: "vCPU \(id)")
+        }
+        return decodeExit()
+    }
+
+    private func decodeExit() -> VCPUExit {
+        let reason = state.pointee.exit_reason
+        switch Int32(reason) {
+        case KVM_EXIT_IO:
+            let io = state.pointee.io
+            let bytes = Int(io.size) * Int(io.count)
+            let data = UnsafeMutableRawBufferPointer(start: runArea + Int(io.data_offset), count: bytes)
+            return .io(IOExit(direction: io.direction == UInt8(KVM_EXIT_IO_IN) ? .in : .out,
+                              port: io.port, size: Int(io.size), count: Int(io.count), data: data))
+        case KVM_EXIT_MMIO:
+            let length = Int(state.pointee.mmio.len)
+            let data = UnsafeMutableRawBufferPointer(start: runArea + 32 + 8, count: min(length, 8))
+            return .mmio(MMIOExit(physicalAddress: state.pointee.mmio.phys_addr, isWrite: state.pointee.mmio.is_write != 0,
+                                  data: data))
+        case KVM_EXIT_HLT: return .hlt
+        case KVM_EXIT_SHUTDOWN: return .shutdown
+        case KVM_EXIT_FAIL_ENTRY: return .failEntry(hardwareReason: state.pointee.fail_entry.hardware_entry_failure_reason)
+        case KVM_EXIT_INTERNAL_ERROR: return .internalError(suberror: state.pointee.internal.suberror)
+        case KVM_EXIT_SYSTEM_EVENT: return .systemEvent(type: state.pointee.system_event.type)
+        case KVM_EXIT_HYPERCALL:
+            let call = state.pointee.hypercall
+            return .hypercall(nr: call.nr, arguments: [call.args.0, call.args.1, call.args.2,
+                                                        call.args.3, call.args.4, call.args.5])
+        case CKVM_EXIT_MEMORY_FAULT:
+            let fault = ckvm_run_memory_fault(state).pointee
+            return .memoryFault(MemoryFault(isPrivate: fault.flags & CKVM_MEMORY_EXIT_FLAG_PRIVATE != 0,
+                                            range: GuestRange(start: fault.gpa, size: fault.size)))
+        default: return .other(reason: reason)
+        }
+    }
+
+    /// Reads the general-purpose registers.
+    ///
+    /// The corresponding ioctl is `KVM_GET_REGS` (vCPU ioctl).
+    public func getRegs() throws(KVMError) -> kvm_regs {
+        var regs = kvm_regs()
+        try call(.getRegs, pointerTo: &regs)
+        return regs
+    }
+
+    /// Writes the general-purpose registers.
+    ///
+    /// The corresponding ioctl is `KVM_SET_REGS` (vCPU ioctl).
+    public func setRegs(_ regs: kvm_regs) throws(KVMError) {
+        var value = regs
+        try call(.setRegs, pointerTo: &value)
+    }
+
+    /// Reads the segment, control and descriptor-table registers.
+    ///
+    /// The corresponding ioctl is `KVM_GET_SREGS` (vCPU ioctl).
+    public func getSregs() throws(KVMError) -> kvm_sregs {
+        var sregs = kvm_sregs()
+        try call(.getSregs, pointerTo: &sregs)
+        return sregs
+    }
+
+    /// Writes the segment, control and descriptor-table registers.
+    ///
+    /// The corresponding ioctl is `KVM_SET_SREGS` (vCPU ioctl).
+    public func setSregs(_ sregs: kvm_sregs) throws(KVMError) {
+        var value = sregs
+        try call(.setSregs, pointerTo: &value)
+    }
+
+    /// Sets the CPUID the guest sees.
+    ///
+    /// The corresponding ioctl is `KVM_SET_CPUID2` (vCPU ioctl).
+    public func setCPUID2(_ entries: [kvm_cpuid_entry2]) throws(KVMError) {
+        var buffer = CPUIDBuffer(entries: entries)
+        _ = try buffer.withHeader { (header: UnsafeMutablePointer<kvm_cpuid2>) throws(KVMError) in
+            try call(.setCPUID2, UInt(bitPattern: header), detail: "\(entries.count) entries")
+        }
+    }
+
+    /// Issues one pre-fault call and returns the part of `range` still to do,
+    /// exactly as the kernel wrote it back.
+    ///
+    /// The kernel maps what it can chunk by chunk and returns success if any
+    /// chunk was done; it fails only when the first chunk fails, so a thrown
+    /// error means nothing in this call was mapped.
+    ///
+    /// The corresponding ioctl is `KVM_PRE_FAULT_MEMORY` (vCPU ioctl).
+    /// - Throws: EOPNOTSUPP without TDP, or before an SNP/TDX VM is finalised;
+    ///   EINVAL for an unaligned or empty range; ENOENT for a range no
+    ///   memslot covers; EINTR or EAGAIN when the caller should resume; EIO.
+    public func preFaultMemory(_ range: GuestRange) throws(KVMError) -> GuestRange {
+        var value = ckvm_pre_fault_memory()
+        value.gpa = range.start.rawValue
+        value.size = range.size
+        try call(.preFaultMemory, pointerTo: &value, range: range)
+        return GuestRange(start: value.gpa, size: value.size)
+    }
+
+    /// Pre-faults all of `range`, resuming after EINTR and EAGAIN from the
+    /// progress the kernel wrote back; the original range is never re-sent.
+    ///
+    /// - Parameter interruptionLimit: how many EINTR/EAGAIN answers in a row
+    ///   to accept before giving up.
+    /// - Throws: `KVMError` whose `range` is what remained and whose
+    ///   `completedBytes` is what was mapped before the failure.
+    public func preFaultMemory(covering range: GuestRange, interruptionLimit: Int = 64) throws(KVMError) {
+        var remaining = range
+        var interruptions = 0
+        while remaining.size > 0 {
+            do throws(KVMError) {
+                let next = try preFaultMemory(remaining)
+                guard next.size < remaining.size else {
+                    throw KVMError(.ioctl(.preFaultMemory), on: .vcpu, fd: fd, errno: .ioError, range: remaining,
+                                   detail: "the kernel reported success without progress",
+                                   completedBytes: range.size - remaining.size)
+                }
+                remaining = next
+                interruptions = 0
+            } catch {
+                var error = error
+                let transient = error.errno == .interrupted || error.errno == .resourceTemporarilyUnavailable
+                if transient && interruptions < interruptionLimit && error.completedBytes == nil {
+                    interruptions += 1
+                    continue
+                }
+                error.completedBytes = range.size - remaining.size
+                throw error
+            }
+        }
+    }
+}
+
+extension VCPU {
+    /// Issues a vCPU-scope `KVM_MEMORY_ENCRYPT_OP` (the TDX vCPU commands).
+    func memoryEncryptOp(_ command: UnsafeMutableRawPointer) throws(Errno) {
+        _ = try kernel.ioctl(fd, Ioctl.memoryEncryptOp.request, UInt(bitPattern: command))
+    }
+}

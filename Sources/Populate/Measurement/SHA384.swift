@@ -1,0 +1,80 @@
+import CLibcrypto
+
+/// A 48-byte SHA-384 digest.
+public struct SHA384Digest: Hashable, Sendable, CustomStringConvertible {
+    public let bytes: [UInt8]
+
+    public init(bytes: [UInt8]) {
+        precondition(bytes.count == 48, "a SHA-384 digest is 48 bytes")
+        self.bytes = bytes
+    }
+
+    /// 48 zero bytes: the initial SNP launch digest.
+    public static let zero = SHA384Digest(bytes: [UInt8](repeating: 0, count: 48))
+
+    /// Lower-case hexadecimal, 96 characters.
+    public var hex: String {
+        let digits = Array("0123456789abcdef".utf8)
+        var text = [UInt8]()
+        text.reserveCapacity(96)
+        for byte in bytes {
+            text.append(digits[Int(byte >> 4)])
+            text.append(digits[Int(byte & 0xF)])
+        }
+        return String(decoding: text, as: UTF8.self)
+    }
+
+    public var description: String { hex }
+}
+
+/// SHA-384 from OpenSSL's libcrypto (EVP interface).
+///
+/// One instance hashes one message: `update` any number of times, then
+/// `finalize` once. Not shared between threads.
+public final class SHA384 {
+    private let context: OpaquePointer
+
+    public init() {
+        guard let context = EVP_MD_CTX_new(), EVP_DigestInit_ex(context, EVP_sha384(), nil) == 1 else {
+            fatalError("libcrypto could not set up a SHA-384 context (out of memory)")
+        }
+        self.context = context
+    }
+
+    deinit { EVP_MD_CTX_free(context) }
+
+    /// Adds bytes to the message.
+    public func update(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        EVP_DigestUpdate(context, base, bytes.count)
+    }
+
+    /// Adds bytes to the message.
+    public func update<Bytes: Collection<UInt8>>(_ bytes: Bytes) {
+        if bytes.withContiguousStorageIfAvailable({ update(UnsafeRawBufferPointer($0)) }) == nil {
+            Array(bytes).withUnsafeBytes { update($0) }
+        }
+    }
+
+    /// Returns the digest of everything added.
+    public func finalize() -> SHA384Digest {
+        var output = [UInt8](repeating: 0, count: 48)
+        var length: UInt32 = 0
+        EVP_DigestFinal_ex(context, &output, &length)
+        return SHA384Digest(bytes: output)
+    }
+
+    /// The digest of `bytes` in one call.
+    public static func hash<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> SHA384Digest {
+        let hasher = SHA384()
+        hasher.update(bytes)
+        return hasher.finalize()
+    }
+
+    /// The digest of `bytes` in one call.
+    public static func hash(_ bytes: UnsafeRawBufferPointer) -> SHA384Digest {
+        let hasher = SHA384()
+        hasher.update(bytes)
+        return hasher.finalize()
+    }
+}
