@@ -20,10 +20,10 @@ let package = Package(
             pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]
         ),
-        .target(name: "GuestMemfd", dependencies: ["CKVMHeaders"]),
-        .target(name: "Populate", dependencies: ["GuestMemfd", "CLibcrypto"]),
+        .target(name: "GuestMemfd", dependencies: ["CKVMHeaders", "CLibcrypto"]),
+        .target(name: "Populate", dependencies: ["GuestMemfd"]),
         .executableTarget(name: "snpvmm", dependencies: ["GuestMemfd", "Populate"]),
-        .target(name: "Fixtures", path: "Tests/Fixtures", exclude: ["README.md", "Guests", "build-guests.sh"]),
+        .target(name: "Fixtures", path: "Tests/Fixtures", exclude: ["README.md", "Guests", "Measurement", "build-guests.sh"]),
         .testTarget(
             name: "PopulateTests",
             dependencies: ["GuestMemfd", "Populate", "Fixtures", "CKVMHeaders"]

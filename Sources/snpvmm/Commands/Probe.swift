@@ -4,6 +4,12 @@ import GuestMemfd
 /// real-mode guest whose code and message live in guest_memfd memory and
 /// which prints the message on the serial port.
 enum ProbeCommand {
+    static let summary = """
+        probe [--no-boot]   show what this host's KVM offers for guest_memfd and
+                            confidential guests, then boot a tiny guest from
+                            guest_memfd memory to prove the path works
+        """
+
     /// The guest: `mov $0x3f8, %dx; 1: lodsb; test %al, %al; jz 2f; out %al, %dx; jmp 1b; 2: hlt`.
     static let guestCode: [UInt8] = [0xBA, 0xF8, 0x03, 0xAC, 0x84, 0xC0, 0x74, 0x03, 0xEE, 0xEB, 0xF8, 0xF4]
     static let message = "hello from guest_memfd\n"
