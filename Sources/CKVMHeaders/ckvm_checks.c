@@ -32,7 +32,9 @@ _Static_assert(sizeof(struct kvm_userspace_memory_region) == 32, "region v1 is t
 SIZE(struct ckvm_memory_attributes, 32);
 OFFSET(struct ckvm_memory_attributes, attributes, 16);
 OFFSET(struct ckvm_memory_attributes, flags, 24);
-SIZE(struct ckvm_memory_attributes2, 64);
+SIZE(struct ckvm_memory_attributes2, 128);
+OFFSET(struct ckvm_memory_attributes2, error_offset, 32);
+SIZE(struct ckvm_memory_attributes2_rfc, 64);
 SIZE(struct ckvm_pre_fault_memory, 64);
 OFFSET(struct ckvm_pre_fault_memory, size, 8);
 OFFSET(struct ckvm_pre_fault_memory, flags, 16);
@@ -119,6 +121,7 @@ CODE(SET_REGS, 0x4090AE82);                      /* w, 144, nr 0x82 */
 CODE(GET_SREGS, 0x8138AE83);                     /* r, 312, nr 0x83 */
 CODE(SET_SREGS, 0x4138AE84);                     /* w, 312, nr 0x84 */
 CODE(SET_CPUID2, 0x4008AE90);                    /* w, 8, nr 0x90 */
+CODE(GET_MP_STATE, 0x8004AE98);                  /* r, 4, nr 0x98 */
 CODE(ENABLE_CAP, 0x4068AEA3);                    /* w, 104, nr 0xa3 */
 CODE(MEMORY_ENCRYPT_OP, 0xC008AEBA);             /* rw, 8 (unsigned long), nr 0xba */
 CODE(MEMORY_ENCRYPT_REG_REGION, 0x8010AEBB);     /* r, 16, nr 0xbb */
@@ -126,7 +129,8 @@ CODE(MEMORY_ENCRYPT_UNREG_REGION, 0x8010AEBC);   /* r, 16, nr 0xbc */
 CODE(SET_MEMORY_ATTRIBUTES, 0x4020AED2);         /* w, 32, nr 0xd2 */
 CODE(CREATE_GUEST_MEMFD, 0xC040AED4);            /* rw, 64, nr 0xd4 */
 CODE(PRE_FAULT_MEMORY, 0xC040AED5);              /* rw, 64, nr 0xd5 */
-CODE(SET_MEMORY_ATTRIBUTES2, 0xC040AED6);        /* rw, 64, nr 0xd6 (unmerged) */
+CODE(SET_MEMORY_ATTRIBUTES2, 0xC080AED2);        /* rw, 128, nr 0xd2 (in-place series v8) */
+CODE(SET_MEMORY_ATTRIBUTES2_RFC, 0xC040AED6);    /* rw, 64, nr 0xd6 (in-place series RFC v1) */
 CODE(ARM_RMI_POPULATE_V12, 0x4020AED7);          /* w, 32, nr 0xd7 (CCA v12) */
 CODE(ARM_RMI_POPULATE_V14, 0xC020AED7);          /* rw, 32, nr 0xd7 (CCA v14) */
 CODE(SET_DEVICE_ATTR, 0x4018AEE1);               /* w, 24, nr 0xe1 */
@@ -154,6 +158,7 @@ HOST(SET_REGS);
 HOST(GET_SREGS);
 HOST(SET_SREGS);
 HOST(SET_CPUID2);
+HOST(GET_MP_STATE);
 HOST(ENABLE_CAP);
 HOST(MEMORY_ENCRYPT_OP);
 HOST(MEMORY_ENCRYPT_REG_REGION);

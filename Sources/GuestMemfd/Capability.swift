@@ -22,6 +22,9 @@ public enum Capability: UInt32, CaseIterable, Sendable, CustomStringConvertible 
     case guestMemfdFlags = 244
     /// `KVM_CAP_ARM_RMI` as numbered by the Arm CCA series v14 (unmerged).
     case armRMI = 249
+    /// `KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES`: guest_memfd converts in place and
+    /// takes `KVM_SET_MEMORY_ATTRIBUTES2` (in-place conversion series v8, unmerged).
+    case guestMemfdMemoryAttributes = 250
 
     public var name: String {
         switch self {
@@ -35,6 +38,7 @@ public enum Capability: UInt32, CaseIterable, Sendable, CustomStringConvertible 
         case .preFaultMemory: "KVM_CAP_PRE_FAULT_MEMORY"
         case .guestMemfdFlags: "KVM_CAP_GUEST_MEMFD_FLAGS"
         case .armRMI: "KVM_CAP_ARM_RMI"
+        case .guestMemfdMemoryAttributes: "KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES"
         }
     }
 
@@ -153,7 +157,7 @@ public struct HostCapabilities: Hashable, Sendable, CustomStringConvertible {
             case .guestMemfdFlags: present = !guestMemfdFlags.isEmpty
             case .vmTypes: present = vmTypes.count > 1
             case .nrMemslots: present = memslots > 0
-            case .exitHypercall, .armRMI: present = false
+            case .exitHypercall, .armRMI, .guestMemfdMemoryAttributes: present = false
             }
             return present ? nil : cap.name
         }

@@ -81,3 +81,27 @@ public final class SHA384 {
         return hasher.finalize()
     }
 }
+
+/// One-shot digests with other algorithms, for measurements that use them
+/// (the Arm CCA realm initial measurement uses SHA-256 or SHA-512).
+public enum MessageDigest: Sendable {
+    case sha256, sha384, sha512
+
+    /// The digest of `bytes`.
+    public func hash(_ bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        let algorithm: OpaquePointer? = switch self {
+        case .sha256: EVP_sha256()
+        case .sha384: EVP_sha384()
+        case .sha512: EVP_sha512()
+        }
+        var output = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        guard EVP_Digest(bytes.baseAddress, bytes.count, &output, &length, algorithm, nil) == 1 else {
+            fatalError("libcrypto could not compute a digest (out of memory)")
+        }
+        return Array(output.prefix(Int(length)))
+    }
+
+    /// The digest of `bytes`.
+    public func hash(_ bytes: [UInt8]) -> [UInt8] { bytes.withUnsafeBytes { hash($0) } }
+}

@@ -60,6 +60,21 @@ public struct MemoryFault: Hashable, Sendable {
     public let range: GuestRange
 }
 
+/// A vCPU's `KVM_MP_STATE_*` (include/uapi/linux/kvm.h).
+public struct MPState: RawRepresentable, Hashable, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// `KVM_MP_STATE_RUNNABLE`.
+    public static let runnable = MPState(rawValue: UInt32(KVM_MP_STATE_RUNNABLE))
+    /// `KVM_MP_STATE_UNINITIALIZED`: an application processor waiting for INIT.
+    public static let uninitialized = MPState(rawValue: UInt32(KVM_MP_STATE_UNINITIALIZED))
+    /// `KVM_MP_STATE_INIT_RECEIVED`: waiting for a start-up IPI.
+    public static let initReceived = MPState(rawValue: UInt32(KVM_MP_STATE_INIT_RECEIVED))
+    /// `KVM_MP_STATE_HALTED`: halted until an interrupt arrives.
+    public static let halted = MPState(rawValue: UInt32(KVM_MP_STATE_HALTED))
+}
+
 /// A virtual CPU and its mapped `kvm_run` area.
 ///
 /// A vCPU is driven from one thread at a time, so the type is not `Sendable`.
@@ -183,6 +198,18 @@ public final class VCPU: KernelObject {
         _ = try buffer.withHeader { (header: UnsafeMutablePointer<kvm_cpuid2>) throws(KVMError) in
             try call(.setCPUID2, UInt(bitPattern: header), detail: "\(entries.count) entries")
         }
+    }
+
+    /// Reads the vCPU's multiprocessing state: whether it runs, waits for a
+    /// start-up IPI, or is halted waiting for an interrupt. With the
+    /// in-kernel irqchip, HLT never exits to userspace, so this is how a VMM
+    /// sees a halted vCPU.
+    ///
+    /// The corresponding ioctl is `KVM_GET_MP_STATE` (vCPU ioctl).
+    public func getMPState() throws(KVMError) -> MPState {
+        var value = kvm_mp_state()
+        try call(.getMPState, pointerTo: &value)
+        return MPState(rawValue: value.mp_state)
     }
 
     /// Issues one pre-fault call and returns the part of `range` still to do,

@@ -47,8 +47,10 @@ static const unsigned long CKVM_MEMORY_ENCRYPT_REG_REGION   = _IOR(CKVM_KVMIO, 0
 static const unsigned long CKVM_MEMORY_ENCRYPT_UNREG_REGION = _IOR(CKVM_KVMIO, 0xbc, struct ckvm_enc_region);
 static const unsigned long CKVM_SET_MEMORY_ATTRIBUTES  = _IOW(CKVM_KVMIO, 0xd2, struct ckvm_memory_attributes);
 static const unsigned long CKVM_CREATE_GUEST_MEMFD     = _IOWR(CKVM_KVMIO, 0xd4, struct ckvm_create_guest_memfd);
-/* Unmerged proposals; nr 0xd6 and 0xd7 are not stable. */
-static const unsigned long CKVM_SET_MEMORY_ATTRIBUTES2 = _IOWR(CKVM_KVMIO, 0xd6, struct ckvm_memory_attributes2);
+/* Unmerged proposals; their numbers are not stable. ATTRIBUTES2 reuses nr 0xd2
+ * with a larger in/out struct in the in-place series v8; RFC v1 used 0xd6. */
+static const unsigned long CKVM_SET_MEMORY_ATTRIBUTES2 = _IOWR(CKVM_KVMIO, 0xd2, struct ckvm_memory_attributes2);
+static const unsigned long CKVM_SET_MEMORY_ATTRIBUTES2_RFC = _IOWR(CKVM_KVMIO, 0xd6, struct ckvm_memory_attributes2_rfc);
 static const unsigned long CKVM_ARM_RMI_POPULATE_V12   = _IOW(CKVM_KVMIO, 0xd7, struct ckvm_arm_rmi_populate);
 static const unsigned long CKVM_ARM_RMI_POPULATE_V14   = _IOWR(CKVM_KVMIO, 0xd7, struct ckvm_arm_rmi_populate);
 
@@ -64,6 +66,7 @@ static const unsigned long CKVM_SET_REGS               = _IOW(CKVM_KVMIO, 0x82, 
 static const unsigned long CKVM_GET_SREGS              = _IOR(CKVM_KVMIO, 0x83, struct kvm_sregs);
 static const unsigned long CKVM_SET_SREGS              = _IOW(CKVM_KVMIO, 0x84, struct kvm_sregs);
 static const unsigned long CKVM_SET_CPUID2             = _IOW(CKVM_KVMIO, 0x90, struct kvm_cpuid2);
+static const unsigned long CKVM_GET_MP_STATE           = _IOR(CKVM_KVMIO, 0x98, struct kvm_mp_state);
 static const unsigned long CKVM_PRE_FAULT_MEMORY       = _IOWR(CKVM_KVMIO, 0xd5, struct ckvm_pre_fault_memory);
 
 /* ---------------------------------------------------------------------------
@@ -111,6 +114,12 @@ static inline int ckvm_madvise(void *_Nonnull address, size_t length, int advice
  * a module header cannot count on. */
 static inline int ckvm_fallocate(int fd, int mode, long offset, long length) {
     return syscall(SYS_fallocate, fd, mode, offset, length) < 0 ? -errno : 0;
+}
+
+/* memfd_create(2) through syscall(2), for the fake kernel's guest_memfd backing. */
+static inline int ckvm_memfd_create(const char *_Nonnull name, unsigned int flags) {
+    long fd = syscall(SYS_memfd_create, name, flags);
+    return fd < 0 ? -errno : (int)fd;
 }
 
 /* Constants that Swift cannot import from libc macros on every toolchain. */

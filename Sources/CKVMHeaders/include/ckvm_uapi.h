@@ -87,16 +87,32 @@ struct ckvm_memory_attributes {
 };
 
 /*
- * KVM_SET_MEMORY_ATTRIBUTES2, proposed with guest_memfd in-place conversion
- * (unmerged). Only its size (64) and request code are pinned; the first four
- * fields match the merged struct and the rest is reserved by the proposal.
+ * KVM_SET_MEMORY_ATTRIBUTES2, from the guest_memfd in-place conversion series
+ * (unmerged; v8, June 2026). Issued on a guest_memfd descriptor, where the
+ * first word is a byte offset into the file. All or nothing; on error the
+ * struct is copied back with error_offset naming the page that blocked.
+ * Enabled by the kvm.gmem_in_place_conversion module parameter and reported
+ * by KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES.
  */
+#define CKVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES 250
+
 struct ckvm_memory_attributes2 {
+    __u64 offset;
+    __u64 size;
+    __u64 attributes;
+    __u64 flags;
+    __u64 error_offset;
+    __u64 reserved[11];
+};
+
+/* RFC v1 of the same series (October 2025): 64 bytes, nr 0xd6, VM or gmem fd. */
+struct ckvm_memory_attributes2_rfc {
     __u64 address;
     __u64 size;
     __u64 attributes;
     __u64 flags;
-    __u64 reserved[4];
+    __u64 error_offset;
+    __u64 reserved[3];
 };
 
 /* ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ public enum Ioctl: String, CaseIterable, Sendable {
     case setMemoryAttributes = "KVM_SET_MEMORY_ATTRIBUTES"
     case createGuestMemfd = "KVM_CREATE_GUEST_MEMFD"
     case setMemoryAttributes2 = "KVM_SET_MEMORY_ATTRIBUTES2"
+    case setMemoryAttributes2RFC = "KVM_SET_MEMORY_ATTRIBUTES2(RFC v1)"
     case armRMIPopulateV12 = "KVM_ARM_RMI_POPULATE(v12)"
     case armRMIPopulate = "KVM_ARM_RMI_POPULATE"
     case setDeviceAttr = "KVM_SET_DEVICE_ATTR"
@@ -39,6 +40,7 @@ public enum Ioctl: String, CaseIterable, Sendable {
     case getSregs = "KVM_GET_SREGS"
     case setSregs = "KVM_SET_SREGS"
     case setCPUID2 = "KVM_SET_CPUID2"
+    case getMPState = "KVM_GET_MP_STATE"
     case preFaultMemory = "KVM_PRE_FAULT_MEMORY"
 
     /// The request code passed to `ioctl(2)`.
@@ -64,6 +66,7 @@ public enum Ioctl: String, CaseIterable, Sendable {
         case .setMemoryAttributes: CKVM_SET_MEMORY_ATTRIBUTES
         case .createGuestMemfd: CKVM_CREATE_GUEST_MEMFD
         case .setMemoryAttributes2: CKVM_SET_MEMORY_ATTRIBUTES2
+        case .setMemoryAttributes2RFC: CKVM_SET_MEMORY_ATTRIBUTES2_RFC
         case .armRMIPopulateV12: CKVM_ARM_RMI_POPULATE_V12
         case .armRMIPopulate: CKVM_ARM_RMI_POPULATE_V14
         case .setDeviceAttr: CKVM_SET_DEVICE_ATTR
@@ -75,6 +78,7 @@ public enum Ioctl: String, CaseIterable, Sendable {
         case .getSregs: CKVM_GET_SREGS
         case .setSregs: CKVM_SET_SREGS
         case .setCPUID2: CKVM_SET_CPUID2
+        case .getMPState: CKVM_GET_MP_STATE
         case .preFaultMemory: CKVM_PRE_FAULT_MEMORY
         }
     }

@@ -28,3 +28,21 @@ func kvmError(sourceLocation: SourceLocation = #_sourceLocation, _ body: () thro
 /// The repository root, for tests that read files beside the package.
 let repositoryRoot: URL = URL(fileURLWithPath: #filePath)
     .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// Page-aligned memory holding a copy of some bytes, freed on release, for
+/// sources the kernel requires to be page aligned.
+final class AlignedBuffer {
+    let pointer: UnsafeMutableRawPointer
+    let count: Int
+
+    init(_ bytes: [UInt8]) {
+        count = bytes.count
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 4096)
+        bytes.withUnsafeBytes { if let base = $0.baseAddress { pointer.copyMemory(from: base, byteCount: count) } }
+    }
+
+    deinit { pointer.deallocate() }
+
+    var address: UInt64 { UInt64(UInt(bitPattern: pointer)) }
+    var bytes: [UInt8] { [UInt8](UnsafeRawBufferPointer(start: pointer, count: count)) }
+}

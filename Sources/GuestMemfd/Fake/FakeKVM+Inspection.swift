@@ -1,0 +1,102 @@
+/// What a test or an embedding VMM can ask of, and tell, a `FakeKVM`
+/// beyond the kernel seam: guest behaviour, platform measurements, the RMP,
+/// placement, and interruptions.
+extension FakeKVM {
+    private func fakeVM(_ vm: VM) -> FakeVM? {
+        if case .vm(let fake)? = file(vm.fd) { return fake }
+        return nil
+    }
+
+    private func fakeVCPU(_ vcpu: VCPU) -> FakeVCPU? {
+        if case .vcpu(let fake)? = file(vcpu.fd) { return fake }
+        return nil
+    }
+
+    /// Gives `vcpu` the guest actions its next runs perform, replacing any left.
+    public func program(_ vcpu: VCPU, _ steps: [FakeGuestStep]) {
+        withLock {
+            guard let fake = fakeVCPU(vcpu) else { return }
+            fake.script = steps
+            fake.nextStep = 0
+            fake.reads = []
+        }
+    }
+
+    /// The bytes each completed `.read` step returned, in order.
+    public func guestReads(_ vcpu: VCPU) -> [[UInt8]] {
+        withLock { fakeVCPU(vcpu)?.reads ?? [] }
+    }
+
+    /// The launch measurement the platform holds for `vm`: the SNP launch
+    /// digest (after the last page measured so far), MRTD once the TD is
+    /// finalised, or the realm initial measurement (64 bytes). Nil where the
+    /// VM has none yet. Real hosts do not hand this to the VMM; the guest's
+    /// attestation report carries it.
+    public func launchMeasurement(of vm: VM) -> [UInt8]? {
+        withLock {
+            guard let fake = fakeVM(vm) else { return nil }
+            if let snp = fake.snp, snp.launchStarted { return snp.digest.bytes }
+            if let mrtd = fake.td?.finalMRTD { return mrtd.bytes }
+            if let realm = fake.realm, realm.created { return realm.measurement }
+            return nil
+        }
+    }
+
+    /// Every page the platform measured for `vm`, in order, with the
+    /// measurement after it (for SNP and CCA; TDX records operations only).
+    public func platformLog(of vm: VM) -> [FakePlatformPage] {
+        withLock {
+            guard let fake = fakeVM(vm) else { return [] }
+            return fake.snp?.pageLog ?? fake.td?.pageLog ?? fake.realm?.pageLog ?? []
+        }
+    }
+
+    /// The SNP guest's policy and host data as an attestation report would show them.
+    public func snpReportFields(of vm: VM) -> (policy: UInt64, hostData: [UInt8], idBlock: Bool)? {
+        withLock {
+            guard let snp = fakeVM(vm)?.snp, snp.finished else { return nil }
+            return (snp.policy, snp.hostData, snp.idBlockEnabled)
+        }
+    }
+
+    /// The realm IPA state of the granule at `ipa`: EMPTY (0) or RAM (1).
+    public func ripas(of vm: VM, ipa: UInt64) -> UInt8? {
+        withLock { fakeVM(vm)?.realm.map { $0.ripas[ipa] ?? 0 } }
+    }
+
+    /// The host frame backing the page at `offset` of `memfd`, if allocated.
+    public func hostFrame(of memfd: GuestMemfd, offset: UInt64) -> UInt64? {
+        withLock {
+            guard case .guestMemfd(let fake)? = file(memfd.fd), offset < fake.size else { return nil }
+            return fake.pages[Int(offset / pageSize)].frame
+        }
+    }
+
+    /// The RMP entry of a host frame; nil for a frame the hypervisor owns.
+    public func rmpEntry(frame: UInt64) -> RMPEntry? {
+        withLock { rmp.entry(frame: frame) }
+    }
+
+    /// All frames assigned to guests, with their entries.
+    public var assignedFrames: [UInt64: RMPEntry] {
+        withLock { Dictionary(uniqueKeysWithValues: rmp.assignedFrames.map { ($0, rmp.entry(frame: $0)!) }) }
+    }
+
+    /// RMPUPDATE instructions issued so far.
+    public var rmpUpdates: Int { withLock { rmp.updates } }
+
+    /// Makes the page-by-page work of the next calls stop with `errno` after
+    /// `pages` more pages, as a signal arriving mid-call does (EINTR), or as
+    /// a failure of that page would. Limited to one ioctl when given
+    /// (`.preFaultMemory`, `.memoryEncryptOp` for SNP and TDX population,
+    /// `.armRMIPopulate`).
+    public func interrupt(afterPages pages: Int, with errno: Errno = .interrupted, in ioctl: Ioctl? = nil) {
+        withLock { armSignal(PendingSignal(errno: errno, pagesLeft: pages, ioctl: ioctl)) }
+    }
+
+    /// Descriptors the fake holds open (system, VM, vCPU, guest_memfd, /dev/sev).
+    public var openDescriptors: Int { withLock { openFileCount } }
+
+    /// Mappings of fake descriptors not yet unmapped.
+    public var liveMappings: Int { withLock { liveMappingCount } }
+}
