@@ -61,6 +61,7 @@ public struct PlanError: Error, Equatable, Sendable, CustomStringConvertible {
         case overlaps(other: String, otherIndex: Int)
         case outsideMemory
         case contentsForKind(PageKind)
+        case kindNotOnPlatform(PageKind, platform: String)
     }
 
     public var index: Int
@@ -79,6 +80,8 @@ public struct PlanError: Error, Equatable, Sendable, CustomStringConvertible {
         case .overlaps(let other, let otherIndex): return "\(subject) overlaps region \(otherIndex) '\(other)'"
         case .outsideMemory: return "\(subject) is not inside the guest's memory slots"
         case .contentsForKind(let kind): return "\(subject) is a \(kind.rawValue) region and cannot carry contents"
+        case .kindNotOnPlatform(let kind, let platform):
+            return "\(subject) is a \(kind.rawValue) region, which \(platform) has no page type for"
         }
     }
 }

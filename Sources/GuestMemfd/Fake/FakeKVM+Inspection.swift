@@ -2,6 +2,13 @@
 /// beyond the kernel seam: guest behaviour, platform measurements, the RMP,
 /// placement, and interruptions.
 extension FakeKVM {
+    /// The fake behind `kernel`, looking through fault-injecting decorators.
+    public static func behind(_ kernel: any KernelInterface) -> FakeKVM? {
+        if let fake = kernel as? FakeKVM { return fake }
+        if let decorator = kernel as? FaultInjectingKernel { return behind(decorator.base) }
+        return nil
+    }
+
     private func fakeVM(_ vm: VM) -> FakeVM? {
         if case .vm(let fake)? = file(vm.fd) { return fake }
         return nil
@@ -29,7 +36,8 @@ extension FakeKVM {
 
     /// The launch measurement the platform holds for `vm`: the SNP launch
     /// digest (after the last page measured so far), MRTD once the TD is
-    /// finalised, or the realm initial measurement (64 bytes). Nil where the
+    /// finalised, or the realm initial measurement (as long as the realm's
+    /// hash: 32 bytes for SHA-256, as an attestation token carries it). Nil where the
     /// VM has none yet. Real hosts do not hand this to the VMM; the guest's
     /// attestation report carries it.
     public func launchMeasurement(of vm: VM) -> [UInt8]? {
@@ -37,7 +45,7 @@ extension FakeKVM {
             guard let fake = fakeVM(vm) else { return nil }
             if let snp = fake.snp, snp.launchStarted { return snp.digest.bytes }
             if let mrtd = fake.td?.finalMRTD { return mrtd.bytes }
-            if let realm = fake.realm, realm.created { return realm.measurement }
+            if let realm = fake.realm, realm.created { return Array(realm.measurement.prefix(realmDigestLength)) }
             return nil
         }
     }
@@ -47,9 +55,18 @@ extension FakeKVM {
     public func platformLog(of vm: VM) -> [FakePlatformPage] {
         withLock {
             guard let fake = fakeVM(vm) else { return [] }
-            return fake.snp?.pageLog ?? fake.td?.pageLog ?? fake.realm?.pageLog ?? []
+            if let realm = fake.realm {
+                return realm.pageLog.map {
+                    var page = $0
+                    page.measurement = Array(page.measurement.prefix(realmDigestLength))
+                    return page
+                }
+            }
+            return fake.snp?.pageLog ?? fake.td?.pageLog ?? []
         }
     }
+
+    private var realmDigestLength: Int { profile.cca?.hashAlgorithm == 1 ? 64 : 32 }
 
     /// The SNP guest's policy and host data as an attestation report would show them.
     public func snpReportFields(of vm: VM) -> (policy: UInt64, hostData: [UInt8], idBlock: Bool)? {

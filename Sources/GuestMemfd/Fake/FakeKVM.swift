@@ -692,8 +692,7 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
                 }
                 target = gmem.view + index * Int(pageSize) + Int(address % pageSize)
             } else {
-                guard slot.userspaceAddress != 0,
-                      let hva = UnsafeMutableRawPointer(bitPattern: UInt(slot.userspaceAddress + (gfn - slot.baseGFN) * pageSize))
+                guard let hva = userPointer(slot.userspaceAddress + (gfn - slot.baseGFN) * pageSize, count: Int(pageSize))
                 else { throw .badAddress }
                 target = hva + Int(address % pageSize)
             }
@@ -726,16 +725,30 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
 
     // MARK: User memory
 
-    /// `copy_from_user` of a `T` at `address`; a null address is EFAULT.
+    /// `copy_from_user` of a `T` at `address`: EFAULT where the memory is not mapped.
     func load<T>(_ address: UInt) throws(Errno) -> T {
-        guard let pointer = UnsafeRawPointer(bitPattern: address) else { throw .badAddress }
-        return pointer.loadUnaligned(as: T.self)
+        guard let pointer = userPointer(UInt64(address), count: MemoryLayout<T>.size) else { throw .badAddress }
+        return UnsafeRawPointer(pointer).loadUnaligned(as: T.self)
     }
 
-    /// `copy_to_user` of `value` to `address`.
+    /// `copy_to_user` of `value` to `address`: EFAULT where the memory is not mapped.
     func store<T>(_ value: T, at address: UInt) throws(Errno) {
-        guard let pointer = UnsafeMutableRawPointer(bitPattern: address) else { throw .badAddress }
+        guard let pointer = userPointer(UInt64(address), count: MemoryLayout<T>.size) else { throw .badAddress }
         withUnsafeBytes(of: value) { pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    }
+
+    /// `address` as a pointer when all `count` bytes from it are mapped in
+    /// this process (mincore(2) fails with ENOMEM on an unmapped page), so
+    /// that a bad user pointer is EFAULT, as for the kernel, not a crash.
+    func userPointer(_ address: UInt64, count: Int) -> UnsafeMutableRawPointer? {
+        guard address != 0, let pointer = UnsafeMutableRawPointer(bitPattern: UInt(address)) else { return nil }
+        let first = address / pageSize * pageSize
+        let length = Int((address + UInt64(max(count, 1)) - first + pageSize - 1) / pageSize * pageSize)
+        var residency = [UInt8](repeating: 0, count: length / Int(pageSize))
+        guard let start = UnsafeMutableRawPointer(bitPattern: UInt(first)),
+              mincore(start, length, &residency) == 0
+        else { return nil }
+        return pointer
     }
 
     // MARK: Platform hooks (in the platform files)

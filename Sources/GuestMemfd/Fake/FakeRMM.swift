@@ -29,7 +29,7 @@ extension FakeKVM {
         let flags = request.flags, source = request.source_uaddr
         let result = populatePages(vm, slot: slot, gmem: gmem, startGFN: gfn, pageCount: request.size / pageSize,
                                    ioctl: .armRMIPopulate) { (gfn, index, page, _) throws(Errno) in
-            guard let pointer = UnsafeRawPointer(bitPattern: UInt(source + index * pageSize)) else { throw .badAddress }
+            guard let pointer = userPointer(source + index * pageSize, count: Int(pageSize)) else { throw .badAddress }
             // RMI_GRANULE_DELEGATE scrubs the granule; RMI_DATA_CREATE then copies the source in.
             let bytes = gmem.pageBytes(page)
             bytes.initializeMemory(as: UInt8.self, repeating: 0)

@@ -190,8 +190,14 @@ extension FakeKVM {
         let result = populatePages(vm, slot: slot, gmem: gmem, startGFN: params.gfn_start,
                                    pageCount: params.len / pageSize, ioctl: .memoryEncryptOp,
                                    largeUnits: firmware.largeRMPEntries) { (gfn, index, page, unit) throws(Errno) in
-            let source = type == .zero || inPlace
-                ? nil : UnsafeMutableRawPointer(bitPattern: UInt(params.uaddr) + UInt(index) * UInt(pageSize))
+            var source: UnsafeMutableRawPointer?
+            if !(type == .zero || inPlace) {
+                // copy_from_user of the source page: EFAULT where it is not mapped.
+                guard let pointer = userPointer(params.uaddr + index * pageSize, count: Int(pageSize) * unit) else {
+                    throw .badAddress
+                }
+                source = pointer
+            }
             try snpPopulate(vm, gmem: gmem, firstPage: page, pages: unit, gfn: gfn, type: type, source: source,
                             command: command, firmware: firmware, firmwareError: &firmwareError)
         }
@@ -289,8 +295,8 @@ extension FakeKVM {
         }
         if params.id_block_en != 0 {
             // The ID block (96 bytes) carries the expected launch digest and policy.
-            guard let block = UnsafeRawPointer(bitPattern: UInt(params.id_block_uaddr)),
-                  UnsafeRawPointer(bitPattern: UInt(params.id_auth_uaddr)) != nil
+            guard let block = userPointer(params.id_block_uaddr, count: Int(CKVM_SEV_SNP_ID_BLOCK_SIZE)),
+                  userPointer(params.id_auth_uaddr, count: Int(CKVM_SEV_SNP_ID_AUTH_SIZE)) != nil
             else { throw .badAddress }
             let expected = [UInt8](UnsafeRawBufferPointer(start: block, count: 48))
             let policy = block.loadUnaligned(fromByteOffset: 88, as: UInt64.self)

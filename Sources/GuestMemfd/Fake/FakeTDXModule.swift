@@ -112,7 +112,8 @@ extension FakeKVM {
             case .success(let count) where count != 1:
                 failure = .ioError
             case .success:
-                region.source_addr += pageSize
+                // A null (in-place) source stays null.
+                if region.source_addr != 0 { region.source_addr += pageSize }
                 region.gpa += pageSize
                 region.nr_pages -= 1
             }
@@ -134,7 +135,7 @@ extension FakeKVM {
             // pin of address 0 fails (get_user_pages_fast), reported as ENOMEM.
             guard profile.inPlaceConversion else { throw .noMemory }
         } else {
-            guard let pointer = UnsafeRawPointer(bitPattern: UInt(source)) else { throw .badAddress }
+            guard let pointer = userPointer(source, count: Int(pageSize)) else { throw .badAddress }
             bytes.copyMemory(from: UnsafeRawBufferPointer(start: pointer, count: Int(pageSize)))
         }
         // PAGE.ADD on a GPA already mapped fails in the TDX module; KVM reports EIO.

@@ -1,0 +1,48 @@
+/// Arm CCA population: KVM_ARM_RMI_POPULATE from a separate source, always;
+/// delegating a granule to the realm scrubs it, so nothing survives in place.
+/// Zero pages need no call: delegated granules are already zero, and the
+/// realm's RAM state is set at activation.
+public final class CCABackend: PopulationBackend {
+    public let vm: VM
+    public let cca: CCA
+    public let capabilities: PlatformCapabilities
+    /// The realm's parameters as created; they open the realm initial measurement.
+    public let parameters: CCARealmParameters
+    public var callName: String { "RMI_POPULATE" }
+    private let fake: FakeKVM?
+
+    /// The parameters KVM's realms are created with here: a 40-bit IPA space,
+    /// SHA-256, no SVE, PMU, breakpoints or watchpoints.
+    public static let defaultParameters = CCARealmParameters(ipaBits: 40, breakpoints: 0, watchpoints: 0)
+
+    public init(vm: VM, parameters: CCARealmParameters = CCABackend.defaultParameters) {
+        self.vm = vm
+        self.parameters = parameters
+        cca = CCA(vm: vm)
+        fake = FakeKVM.behind(vm.kernel)
+        capabilities = PlatformCapabilities(
+            platform: .cca, populatesInPlace: false, populatesFromSource: true, granularity: pageSize,
+            measurement: .ccaRealmInitialMeasurement, kinds: [.normal, .zero, .unmeasured],
+            reportsMeasurement: fake != nil)
+    }
+
+    public func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError) {
+        try vm.setMemoryAttributes(range, attributes: .private)
+    }
+
+    public func populate(_ call: PopulateCall) -> PopulateStep {
+        let request = CCAPopulate(base: call.gpa, size: call.pages * pageSize, sourceAddress: call.source)
+        do {
+            let left = try cca.populate(request, measure: call.kind == .normal)
+            return PopulateStep(pagesDone: call.pages - left.size / pageSize, error: nil)
+        } catch {
+            return PopulateStep(pagesDone: 0, error: error)
+        }
+    }
+
+    /// The realm activates at the first KVM_RUN; there is nothing to issue here.
+    public func finish() throws(KVMError) {}
+
+    public func reportedMeasurement() -> [UInt8]? { fake?.launchMeasurement(of: vm) }
+    public func reportedPageLog() -> [FakePlatformPage] { fake?.platformLog(of: vm) ?? [] }
+}

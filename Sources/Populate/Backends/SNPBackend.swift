@@ -1,0 +1,94 @@
+/// SEV-SNP population: KVM_SEV_SNP_LAUNCH_UPDATE per run, LAUNCH_FINISH to close.
+public final class SNPBackend: PopulationBackend {
+    public let vm: VM
+    public let snp: SEVSNP
+    public let memory: GuestMemoryLayout
+    /// The vCPUs whose VMSAs KVM measures at finish, in id order.
+    public let vcpus: [VCPU]
+    public let finishParameters: SNPLaunchFinish
+    /// The VMSA features given to KVM_SEV_INIT2; they enter every VMSA.
+    public let vmsaFeatures: UInt64
+    public let capabilities: PlatformCapabilities
+    public var callName: String { "SNP_LAUNCH_UPDATE" }
+    private let fake: FakeKVM?
+
+    /// - Parameter inPlace: the host's guest_memfd converts in place
+    ///   (`KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES`), so launch update may name no source.
+    public init(vm: VM, snp: SEVSNP, memory: GuestMemoryLayout, vcpus: [VCPU], vmsaFeatures: UInt64 = 0,
+                finish: SNPLaunchFinish = SNPLaunchFinish()) throws(KVMError) {
+        self.vmsaFeatures = vmsaFeatures
+        self.vm = vm
+        self.snp = snp
+        self.memory = memory
+        self.vcpus = vcpus.sorted { $0.id < $1.id }
+        finishParameters = finish
+        fake = FakeKVM.behind(vm.kernel)
+        let inPlace = try vm.checkExtension(.guestMemfdMemoryAttributes) != 0
+        capabilities = PlatformCapabilities(
+            platform: .snp, populatesInPlace: inPlace, populatesFromSource: true, granularity: pageSize,
+            measurement: .snpLaunchDigest, kinds: Set(PageKind.allCases), reportsMeasurement: fake != nil)
+    }
+
+    public func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError) {
+        try convertToPrivate(range, inGuestMemfd: capabilities.populatesInPlace, vm: vm, memory: memory)
+    }
+
+    public func populate(_ call: PopulateCall) -> PopulateStep {
+        let update = SNPLaunchUpdate(gfnStart: call.gpa / pageSize, sourceAddress: call.source,
+                                     length: call.pages * pageSize, type: call.kind.snpPageType)
+        do {
+            let left = try snp.launchUpdate(update)
+            return PopulateStep(pagesDone: call.pages - left.length / pageSize, error: nil)
+        } catch {
+            // A failure on the first page comes back as EIO with nothing written back.
+            return PopulateStep(pagesDone: 0, error: error)
+        }
+    }
+
+    public func finish() throws(KVMError) { try snp.launchFinish(finishParameters) }
+
+    public func vmsaPages() throws(KVMError) -> [[UInt8]] {
+        var pages: [[UInt8]] = []
+        for vcpu in vcpus {
+            pages.append(SNPVMSA(regs: try vcpu.getRegs(), sregs: try vcpu.getSregs(), sevFeatures: vmsaFeatures).page)
+        }
+        return pages
+    }
+
+    public func reportedMeasurement() -> [UInt8]? { fake?.launchMeasurement(of: vm) }
+    public func reportedPageLog() -> [FakePlatformPage] { fake?.platformLog(of: vm) ?? [] }
+}
+
+extension PageKind {
+    /// The SNP page type of each kind.
+    public var snpPageType: SNPPageType {
+        switch self {
+        case .normal: .normal
+        case .zero: .zero
+        case .unmeasured: .unmeasured
+        case .secrets: .secrets
+        case .cpuid: .cpuid
+        }
+    }
+}
+
+/// Makes a range private: through KVM_SET_MEMORY_ATTRIBUTES2 on each
+/// guest_memfd where guest_memfd holds the attributes (hosts that convert in
+/// place, whichever policy is used), else KVM_SET_MEMORY_ATTRIBUTES on the VM.
+func convertToPrivate(_ range: GuestRange, inGuestMemfd: Bool, vm: VM, memory: GuestMemoryLayout) throws(KVMError) {
+    guard inGuestMemfd else {
+        try vm.setMemoryAttributes(range, attributes: .private)
+        return
+    }
+    var gpa = range.start.rawValue
+    let end = gpa + range.size
+    while gpa < end {
+        guard let (slot, offset) = memory.locate(gpa) else {
+            throw KVMError(.ioctl(.setMemoryAttributes2), on: .guestMemfd, fd: -1, errno: .invalidArgument,
+                           range: GuestRange(start: gpa, size: end - gpa), detail: "no guest_memfd slot holds this range")
+        }
+        let size = min(end, slot.range.start.rawValue + slot.range.size) - gpa
+        try slot.mapping.memfd.setMemoryAttributes2(offset: UInt64(offset), size: size, attributes: .private)
+        gpa += size
+    }
+}

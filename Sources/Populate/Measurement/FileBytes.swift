@@ -1,0 +1,64 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a measurement input file could not be read.
+public struct FileReadError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var path: String
+    public var errno: Int32
+    /// What was being done: "open", "read", "stat".
+    public var operation: String
+
+    public var description: String {
+        "cannot \(operation) \(path): \(String(cString: strerror(errno))) (errno \(errno))"
+    }
+}
+
+/// Reads measurement inputs (firmware, kernel, initrd) without Foundation,
+/// so `snpvmm measure` starts quickly.
+public enum FileBytes {
+    /// The whole file at `path`.
+    public static func read(_ path: String) throws(FileReadError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw FileReadError(path: path, errno: errno, operation: "open") }
+        defer { close(fd) }
+        var status = stat()
+        guard fstat(fd, &status) == 0 else { throw FileReadError(path: path, errno: errno, operation: "stat") }
+        if (status.st_mode & S_IFMT) == S_IFDIR { throw FileReadError(path: path, errno: EISDIR, operation: "read") }
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(max(Int(status.st_size), 0))
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw FileReadError(path: path, errno: errno, operation: "read")
+            }
+            if count == 0 { break }
+            bytes.append(contentsOf: chunk[0..<count])
+        }
+        return bytes
+    }
+
+    /// `length` bytes of the file at `path` starting at `offset`; fewer where
+    /// the file ends first.
+    public static func read(_ path: String, offset: UInt64, length: UInt64) throws(FileReadError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw FileReadError(path: path, errno: errno, operation: "open") }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: Int(length))
+        var done = 0
+        while done < bytes.count {
+            let count = bytes.withUnsafeMutableBytes {
+                pread(fd, $0.baseAddress! + done, $0.count - done, off_t(offset) + off_t(done))
+            }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw FileReadError(path: path, errno: errno, operation: "read")
+            }
+            if count == 0 { break }
+            done += count
+        }
+        return Array(bytes[0..<done])
+    }
+}

@@ -1,0 +1,127 @@
+/// The confidential platform a VM runs on, or none.
+public enum Platform: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// A default VM: guest_memfd memory stays shared and nothing is measured.
+    case plain
+    case snp
+    case tdx
+    case cca
+
+    public var description: String {
+        switch self {
+        case .plain: "plain"
+        case .snp: "SEV-SNP"
+        case .tdx: "TDX"
+        case .cca: "CCA"
+        }
+    }
+}
+
+/// The launch measurement a platform keeps.
+public enum MeasurementAlgorithm: String, Sendable {
+    /// None: the plain platform measures nothing.
+    case none
+    /// The SEV-SNP launch digest: a SHA-384 chain over PAGE_INFO.
+    case snpLaunchDigest
+    /// TDX MRTD: one SHA-384 over PAGE.ADD and MR.EXTEND blocks.
+    case tdxMRTD
+    /// The Arm CCA realm initial measurement: a chain over measurement descriptors.
+    case ccaRealmInitialMeasurement
+}
+
+/// What a platform can do, answered before any population starts. A
+/// missing operation is an answer here, never a trap later.
+public struct PlatformCapabilities: Sendable, Equatable {
+    public var platform: Platform
+    /// The platform can populate a page from its own contents (no source),
+    /// after the host wrote it while shared and converted it preserving them.
+    public var populatesInPlace: Bool
+    /// The platform can populate from a separate source buffer.
+    public var populatesFromSource: Bool
+    /// The granule population works in.
+    public var granularity: UInt64
+    public var measurement: MeasurementAlgorithm
+    /// Kinds the platform has a page type for.
+    public var kinds: Set<PageKind>
+    /// The host platform itself tells the VMM the launch measurement (only
+    /// the fake does; real hardware puts it in the guest's attestation report).
+    public var reportsMeasurement: Bool
+}
+
+/// One population call: a contiguous run of one kind.
+public struct PopulateCall: Sendable, Equatable {
+    public var kind: PageKind
+    public var gpa: UInt64
+    public var pages: UInt64
+    /// The source buffer's address, or 0 to populate in place.
+    public var source: UInt64
+}
+
+/// What one population call did: the pages the kernel reports done (from
+/// its write-back), and the error that stopped it, if any.
+public struct PopulateStep: Sendable {
+    public var pagesDone: UInt64
+    public var error: KVMError?
+}
+
+/// One platform's population operations, implemented on the typed KVM
+/// objects of `GuestMemfd`, so the same code runs over the real kernel or
+/// `FakeKVM`.
+public protocol PopulationBackend: AnyObject {
+    var capabilities: PlatformCapabilities { get }
+
+    /// The name the ledger gives this platform's population call.
+    var callName: String { get }
+
+    /// Makes `range` private before it is populated. In place, guest_memfd
+    /// converts the pages keeping the bytes the host wrote; otherwise the
+    /// VM-wide attribute changes.
+    func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError)
+
+    /// Issues one population call; the kernel may do less than asked.
+    func populate(_ call: PopulateCall) -> PopulateStep
+
+    /// Closes the launch: afterwards the guest can run and nothing more is measured.
+    func finish() throws(KVMError)
+
+    /// The SEV-SNP VMSA pages KVM will measure at finish, in vCPU order.
+    func vmsaPages() throws(KVMError) -> [[UInt8]]
+
+    /// The measurement the platform reports, where the host can read it.
+    func reportedMeasurement() -> [UInt8]?
+
+    /// The measurement after each page the platform measured, where known.
+    func reportedPageLog() -> [FakePlatformPage]
+}
+
+extension PopulationBackend {
+    public func vmsaPages() throws(KVMError) -> [[UInt8]] { [] }
+    public func reportedMeasurement() -> [UInt8]? { nil }
+    public func reportedPageLog() -> [FakePlatformPage] { [] }
+}
+
+/// A guest's memory as population sees it: guest_memfd files bound at
+/// guest-physical ranges, with a host mapping of each.
+public struct GuestMemoryLayout {
+    public struct Slot {
+        public var range: GuestRange
+        public var mapping: GuestMemoryMapping
+        /// The slot's first byte in the guest_memfd file.
+        public var fileOffset: UInt64
+
+        public init(range: GuestRange, mapping: GuestMemoryMapping, fileOffset: UInt64 = 0) {
+            self.range = range
+            self.mapping = mapping
+            self.fileOffset = fileOffset
+        }
+    }
+
+    public var slots: [Slot]
+
+    public init(slots: [Slot]) { self.slots = slots }
+
+    /// The slot holding `gpa`, and the byte offset of `gpa` in its mapping.
+    func locate(_ gpa: UInt64) -> (slot: Slot, offset: Int)? {
+        guard let slot = slots.first(where: { $0.range.contains(GuestPhysicalAddress(gpa)) }) else { return nil }
+        return (slot, Int(slot.fileOffset + gpa - slot.range.start.rawValue))
+    }
+}

@@ -1,0 +1,456 @@
+import CKVMHeaders
+import Foundation
+@testable import GuestMemfd
+@testable import Populate
+import Testing
+
+/// A confidential (or plain) guest on a fake host, ready for population.
+struct PopulationRig {
+    let fake: FakeKVM
+    let kernel: FaultInjectingKernel
+    let vm: VM
+    let memfd: GuestMemfd
+    let mapping: GuestMemoryMapping
+    let vcpu: VCPU
+    let backend: any PopulationBackend
+    static let memoryBase: UInt64 = 0x200000
+    static let memorySize: UInt64 = 0x800000
+
+    var layout: GuestMemoryLayout {
+        GuestMemoryLayout(slots: [.init(range: GuestRange(start: Self.memoryBase, size: Self.memorySize), mapping: mapping)])
+    }
+
+    init(_ platform: Platform, inPlace: Bool = false) throws {
+        var profile: HostProfile
+        switch platform {
+        case .plain: profile = .thisMachine
+        case .snp: profile = inPlace ? .snpInPlaceHost : .snpHost
+        case .tdx:
+            profile = .tdxHost
+            if inPlace {
+                profile.inPlaceConversion = true
+                profile.reworkedPopulation = true
+            }
+        case .cca: profile = .ccaHost
+        }
+        fake = FakeKVM(profile: profile)
+        kernel = FaultInjectingKernel(fake)
+        let kvm = try KVM.open(using: kernel)
+        let type: VMType = [.plain: .default, .snp: .snp, .tdx: .tdx, .cca: .armRealm][platform]!
+        vm = try kvm.createVM(type: type)
+        var snp: SEVSNP?
+        switch platform {
+        case .snp:
+            snp = try SEVSNP(vm: vm)
+            try snp!.init2()
+        case .tdx: try TDX(vm: vm).initVM(attributes: 0, xfam: 3)
+        default: break
+        }
+        vcpu = try vm.createVCPU(id: 0)
+        if platform == .tdx { try TDX(vm: vm).initVCPU(vcpu) }
+        let flags: GuestMemfdFlags = profile.guestMemfdFlags(forTests: type)
+        memfd = try vm.createGuestMemfd(size: Self.memorySize, flags: flags)
+        mapping = try memfd.map()
+        try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: Self.memoryBase, mapping: mapping))
+        let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: Self.memoryBase, size: Self.memorySize), mapping: mapping)])
+        switch platform {
+        case .plain: backend = PlainBackend()
+        case .snp:
+            try snp!.launchStart(policy: 0x30000)
+            backend = try SNPBackend(vm: vm, snp: snp!, memory: layout, vcpus: [vcpu])
+        case .tdx: backend = try TDXBackend(vm: vm, tdx: TDX(vm: vm), vcpu: vcpu, memory: layout)
+        case .cca: backend = CCABackend(vm: vm)
+        }
+    }
+
+    func populate(_ plan: LaunchPlan, _ options: PopulateOptions = PopulateOptions()) throws(PopulateError) -> PopulateResult {
+        try Populator(backend: backend, memory: layout, options: options).populate(plan)
+    }
+
+    /// Population ioctls issued so far (everything but setup).
+    var populationCalls: Int {
+        kernel.trace.filter {
+            switch $0.operation {
+            case .encryptOp(.snpLaunchUpdate), .encryptOp(.tdxInitMemRegion), .ioctl(.armRMIPopulate),
+                 .ioctl(.setMemoryAttributes), .ioctl(.setMemoryAttributes2): true
+            default: false
+            }
+        }.count
+    }
+}
+
+extension HostProfile {
+    func guestMemfdFlags(forTests type: VMType) -> GuestMemfdFlags {
+        guestMemfdFlags(for: type).contains(.initShared) ? [.mmap, .initShared] : [.mmap]
+    }
+}
+
+/// A plan with every kind the platform supports, including a 2 MiB-aligned run.
+func samplePlan(_ platform: Platform) -> LaunchPlan {
+    let base = PopulationRig.memoryBase
+    var regions = [
+        PlanRegion(name: "firmware", range: GuestRange(start: base, size: 0x3000), contents: .bytes(pattern(2, seed: 1) + [9, 9, 9])),
+        PlanRegion(name: "kernel", range: GuestRange(start: base + 0x200000, size: 0x200000), contents: .bytes(pattern(300, seed: 2))),
+        PlanRegion(name: "stack", range: GuestRange(start: base + 0x10000, size: 0x2000), contents: .zeros, kind: .zero),
+        PlanRegion(name: "config", range: GuestRange(start: base + 0x20000, size: 0x1000), contents: .bytes([1, 2, 3]), kind: .unmeasured),
+    ]
+    if platform == .snp {
+        regions.append(PlanRegion(name: "secrets", range: GuestRange(start: base + 0x30000, size: 0x1000), contents: .zeros, kind: .secrets))
+    }
+    return LaunchPlan(regions: regions)
+}
+
+struct PlatformCase: Sendable, CustomTestStringConvertible {
+    let platform: Platform
+    let inPlace: Bool
+    var testDescription: String { "\(platform) \(inPlace ? "in place" : "separate source")" }
+    static let all = [PlatformCase(platform: .snp, inPlace: false), PlatformCase(platform: .snp, inPlace: true),
+                      PlatformCase(platform: .tdx, inPlace: false), PlatformCase(platform: .tdx, inPlace: true),
+                      PlatformCase(platform: .cca, inPlace: false), PlatformCase(platform: .plain, inPlace: true)]
+}
+
+@Suite struct PopulatorTests {
+    @Test(arguments: PlatformCase.all)
+    func theMeasurementComputedFromThePlanEqualsThePlatforms(_ platform: PlatformCase) throws {
+        let rig = try PopulationRig(platform.platform, inPlace: platform.inPlace)
+        let plan = samplePlan(platform.platform)
+        let result = try rig.populate(plan)
+        #expect(result.report.policy == (platform.inPlace ? .inPlace : .separateSource))
+        #expect(result.report.totalPages == plan.regions.reduce(0) { $0 + $1.range.pageCount })
+        #expect(result.report.hugeUnits == 1)
+        switch platform.platform {
+        case .plain:
+            #expect(result.expectedMeasurement == nil)
+            #expect(try rig.mapping.read(at: 0x200000, count: 300 * 4096) == pattern(300, seed: 2))
+        case .snp:
+            let vmsa = SNPVMSA(regs: try rig.vcpu.getRegs(), sregs: try rig.vcpu.getSregs(), sevFeatures: 0).page
+            let fromPlan = try plan.expectedSNPLaunchDigest(vmsas: [vmsa]).bytes
+            #expect(result.expectedMeasurement == fromPlan)
+            #expect(result.reportedMeasurement == fromPlan)
+        case .tdx:
+            #expect(result.expectedMeasurement == (try plan.expectedMRTD().bytes))
+            #expect(result.reportedMeasurement == result.expectedMeasurement)
+        case .cca:
+            #expect(result.reportedMeasurement == result.expectedMeasurement)
+            #expect(result.expectedMeasurement != nil)
+        }
+    }
+
+    @Test func oneCallPopulatesAWholeRegionAndLongRegionsSplitOn2MiBBoundaries() throws {
+        let rig = try PopulationRig(.snp)
+        let plan = LaunchPlan(regions: [
+            PlanRegion(name: "big", range: GuestRange(start: PopulationRig.memoryBase + 0x100000, size: 0x600000),
+                       contents: .bytes(pattern(16, seed: 1))),
+        ])
+        var options = PopulateOptions()
+        options.maximumCallBytes = 0x200000
+        let result = try rig.populate(plan, options)
+        let updates = result.ledger.records.filter { $0.call == "SNP_LAUNCH_UPDATE" }
+        #expect(updates.map(\.pages) == [256, 512, 512, 256])
+        #expect(updates.map(\.gpa) == [0x300000, 0x400000, 0x600000, 0x800000])
+        #expect(result.report.hugeUnits == 2 && result.report.smallPages == 512)
+    }
+
+    struct Fault: Sendable, CustomTestStringConvertible {
+        let platform: Platform
+        let errno: Errno
+        let afterPages: Int
+        var testDescription: String { "\(platform) \(errno.name) after \(afterPages) pages" }
+    }
+
+    static let faults: [Fault] = [Platform.snp, .tdx, .cca].flatMap { platform in
+        [Errno.interrupted, .resourceTemporarilyUnavailable].flatMap { errno in
+            [0, 1, 150, 303].map { Fault(platform: platform, errno: errno, afterPages: $0) }
+        }
+    }
+
+    @Test(arguments: faults)
+    func aTransientFaultMidCallResumesToTheCleanRunsMeasurement(_ fault: Fault) throws {
+        let clean = try PopulationRig(fault.platform).populate(samplePlan(fault.platform))
+        let rig = try PopulationRig(fault.platform)
+        let ioctl: Ioctl = fault.platform == .cca ? .armRMIPopulate : .memoryEncryptOp
+        rig.fake.interrupt(afterPages: fault.afterPages, with: fault.errno, in: ioctl)
+        rig.kernel.inject(fault.errno, into: fault.platform == .cca ? .ioctl(.armRMIPopulate)
+                          : .encryptCommand(fault.platform == .snp ? .snpLaunchUpdate : .tdxInitMemRegion), .afterCalls(2))
+        let result = try rig.populate(samplePlan(fault.platform))
+        #expect(result.expectedMeasurement == clean.expectedMeasurement)
+        #expect(result.reportedMeasurement == clean.reportedMeasurement)
+        #expect(result.report.retries >= 1)
+    }
+
+    @Test(arguments: [Platform.snp, .tdx, .cca], [Errno.badAddress, .noMemory, .ioError])
+    func aPersistentFaultStopsWithAnExactAccountOfWhatWasPopulated(_ platform: Platform, _ errno: Errno) throws {
+        let rig = try PopulationRig(platform)
+        let ioctl: Ioctl = platform == .cca ? .armRMIPopulate : .memoryEncryptOp
+        // Fail the kernel's per-page work from page 100 of the kernel region on
+        // (after the 3 firmware pages).
+        rig.fake.interrupt(afterPages: 3 + 100, with: errno, in: ioctl)
+        rig.kernel.inject(errno, into: platform == .cca ? .ioctl(.armRMIPopulate)
+                          : .encryptCommand(platform == .snp ? .snpLaunchUpdate : .tdxInitMemRegion), .afterCalls(2))
+        var options = PopulateOptions()
+        options.interruptionLimit = 0
+        do {
+            _ = try rig.populate(samplePlan(platform), options)
+            Issue.record("population should fail")
+        } catch {
+            #expect(error.region == "kernel")
+            #expect(error.nextGPA == PopulationRig.memoryBase + 0x200000 + 100 * 4096)
+            #expect(error.populated == [GuestRange(start: PopulationRig.memoryBase, size: 0x3000),
+                                        GuestRange(start: PopulationRig.memoryBase + 0x200000, size: 100 * 4096)])
+            #expect(error.madePrivate.count == 2)
+            #expect(error.kernelError?.errno == errno || (platform == .snp && error.kernelError?.errno == .ioError))
+            #expect(error.description.contains("populated: [0x200000, 0x203000), [0x400000, 0x464000)"))
+        }
+    }
+
+    @Test func aNonTransientFaultOnTheFirstCallLeavesNothingPopulated() throws {
+        let rig = try PopulationRig(.tdx)
+        rig.kernel.inject(.noMemory, into: .encryptCommand(.tdxInitMemRegion), .always)
+        do {
+            _ = try rig.populate(samplePlan(.tdx))
+            Issue.record("population should fail")
+        } catch {
+            #expect(error.populated.isEmpty)
+            #expect(error.madePrivate == [GuestRange(start: PopulationRig.memoryBase, size: 0x3000)])
+            #expect(error.nextGPA == PopulationRig.memoryBase)
+            #expect(error.kernelError?.operation == .encryptOp(.tdxInitMemRegion))
+        }
+    }
+
+    @Test func aRejectedCPUIDPageIsRetriedWithTheFirmwaresValuesAndTheDifferencesReported() throws {
+        let rig = try PopulationRig(.snp)
+        var page = [UInt8](repeating: 0, count: 4096)
+        page[0] = 1
+        page[16] = 0x1
+        page.replaceSubrange(48..<52, with: [0xFF, 0xFF, 0xFF, 0xFF])
+        let plan = LaunchPlan(regions: [
+            PlanRegion(name: "cpuid", range: GuestRange(start: PopulationRig.memoryBase, size: 0x1000), contents: .bytes(page), kind: .cpuid),
+        ])
+        let notes = LockedStrings()
+        var options = PopulateOptions()
+        options.log = { notes.append($0) }
+        let result = try rig.populate(plan, options)
+        #expect(result.report.retries == 1)
+        #expect(notes.values.joined().contains("leaf 0x1 subleaf 0 ecx: 0xffffffff -> 0x7ef8320b"))
+        #expect(result.reportedMeasurement == result.expectedMeasurement)
+        options.cpuidRetryLimit = 0
+        let strict = try PopulationRig(.snp)
+        #expect(throws: PopulateError.self) { _ = try strict.populate(plan, options) }
+    }
+
+    @Test func askingCCAToPopulateInPlaceIsAClearError() throws {
+        let rig = try PopulationRig(.cca)
+        var options = PopulateOptions()
+        options.policy = .inPlace
+        do {
+            _ = try rig.populate(samplePlan(.cca), options)
+            Issue.record("CCA cannot populate in place")
+        } catch {
+            #expect(error.description.contains("CCA cannot populate in place: delegating a granule to the realm scrubs it"))
+            #expect(rig.populationCalls == 0)
+        }
+    }
+
+    @Test func inPlaceIsChosenWhereTheHostConvertsInPlaceAndCanBeOverridden() throws {
+        #expect(try Populator(backend: try PopulationRig(.snp, inPlace: true).backend, memory: GuestMemoryLayout(slots: [])).policy()
+                == .inPlace)
+        #expect(try Populator(backend: try PopulationRig(.snp).backend, memory: GuestMemoryLayout(slots: [])).policy() == .separateSource)
+        let rig = try PopulationRig(.snp, inPlace: true)
+        var options = PopulateOptions()
+        options.policy = .separateSource
+        let result = try rig.populate(samplePlan(.snp), options)
+        #expect(result.report.policy == .separateSource)
+        #expect(result.reportedMeasurement == result.expectedMeasurement)
+    }
+
+    @Test func theLedgerLetsAnIndependentVerifierRecomputeTheSNPMeasurement() throws {
+        let rig = try PopulationRig(.snp)
+        let result = try rig.populate(samplePlan(.snp))
+        let lines = result.ledger.jsonLines.split(separator: "\n")
+        var digest = [UInt8](repeating: 0, count: 48)
+        let types = ["NORMAL": 1, "VMSA": 2, "ZERO": 3, "UNMEASURED": 4, "SECRETS": 5, "CPUID": 6]
+        for line in lines.dropLast() {
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            let gpa = UInt64((object["gpa"] as! String).dropFirst(2), radix: 16)!
+            let pages = object["pages"] as! Int, type = types[object["type"] as! String]!
+            let hashes = (object["page_hashes"] as! [String]).map(hexBytes)
+            for page in 0..<pages {
+                let pageGPA = type == 2 ? 0xFFFF_FFFF_F000 : gpa + UInt64(page) * 4096
+                let contents: [UInt8]? = hashes.isEmpty ? nil : hashes[page]
+                digest = expectedSNPDigest(start: digest, [(pageGPA, UInt8(type), nil)], contentsHash: contents)
+            }
+            #expect(hexBytes(object["digest"] as! String) == digest)
+        }
+        let last = try #require(try JSONSerialization.jsonObject(with: Data(lines.last!.utf8)) as? [String: Any])
+        #expect(last["call"] as? String == "LAUNCH_MEASUREMENT")
+        #expect(hexBytes(last["measurement"] as! String) == digest)
+        #expect(digest == result.reportedMeasurement)
+    }
+
+    @Test func aDivergingPageIsNamedWhenThePlatformMeasuresSomethingElse() throws {
+        let rig = try PopulationRig(.snp)
+        let tampering = TamperingBackend(rig.backend, corruptGPA: PopulationRig.memoryBase + 0x201000)
+        do {
+            _ = try Populator(backend: tampering, memory: rig.layout).populate(samplePlan(.snp))
+            Issue.record("the mismatch should be reported")
+        } catch {
+            guard case .measurementMismatch(_, _, let page) = error.reason else {
+                Issue.record("expected a measurement mismatch, got \(error)")
+                return
+            }
+            #expect(page == PopulationRig.memoryBase + 0x201000)
+            #expect(error.description.contains("the first diverging page is at 0x401000"))
+        }
+    }
+
+    @Test func sourceBuffersAreWipedAfterUse() {
+        let buffer = SourceBuffer(pattern(3, seed: 7))
+        #expect(!buffer.isWiped)
+        buffer.wipe()
+        #expect(buffer.isWiped)
+    }
+
+    @Test func thePlainPlatformWritesThroughTheRealGuestMemfd() throws {
+        try #require(KVMHost.isUsable, "no usable /dev/kvm on this host")
+        let kvm = try KVM.open()
+        let vm = try kvm.createVM()
+        let memfd = try vm.createGuestMemfd(size: 0x400000, flags: [.mmap, .initShared])
+        let mapping = try memfd.map()
+        try mapping.fill(0xCC, at: 0, count: 0x400000)
+        let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: 0x400000), mapping: mapping)])
+        let plan = LaunchPlan(regions: [
+            PlanRegion(name: "image", range: GuestRange(start: 0x1000, size: 0x3000), contents: .bytes(pattern(2, seed: 4))),
+            PlanRegion(name: "zeros", range: GuestRange(start: 0x200000, size: 0x1000), contents: .zeros, kind: .zero),
+        ])
+        let result = try Populator(backend: PlainBackend(), memory: layout).populate(plan)
+        #expect(try mapping.read(at: 0x1000, count: 0x3000) == pattern(2, seed: 4) + [UInt8](repeating: 0, count: 0x1000))
+        #expect(try mapping.read(at: 0x200000, count: 0x1000).allSatisfy { $0 == 0 })
+        #expect(try mapping.read(at: 0x4000, count: 1) == [0xCC])
+        #expect(result.report.bytesCopied == 0x4000)
+    }
+}
+
+/// Bad plans, each rejected before any ioctl with an error naming the region.
+@Suite struct BadPlanTests {
+    struct BadPlan: Sendable, CustomTestStringConvertible {
+        let name: String
+        let regions: [PlanRegion]
+        let message: String
+        var testDescription: String { name }
+    }
+
+    static let base = PopulationRig.memoryBase
+    static let cases: [BadPlan] = [
+        BadPlan(name: "overlap", regions: [
+            PlanRegion(name: "a", range: GuestRange(start: base, size: 0x2000), contents: .zeros),
+            PlanRegion(name: "b", range: GuestRange(start: base + 0x1000, size: 0x1000), contents: .zeros),
+        ], message: "plan region 1 'b' [0x201000, 0x202000) overlaps region 0 'a'"),
+        BadPlan(name: "unaligned start", regions: [PlanRegion(name: "x", range: GuestRange(start: base + 0x10, size: 0x1000), contents: .zeros)],
+                message: "plan region 0 'x' [0x200010, 0x201010) is not 4 KiB aligned in start and size"),
+        BadPlan(name: "unaligned size", regions: [PlanRegion(name: "x", range: GuestRange(start: base, size: 0x1800), contents: .zeros)],
+                message: "is not 4 KiB aligned"),
+        BadPlan(name: "zero length", regions: [PlanRegion(name: "x", range: GuestRange(start: base, size: 0), contents: .zeros)],
+                message: "plan region 0 'x' [0x200000, 0x200000) is empty"),
+        BadPlan(name: "outside memory", regions: [PlanRegion(name: "x", range: GuestRange(start: 0x10000000, size: 0x1000), contents: .zeros)],
+                message: "is not inside the guest's memory slots"),
+        BadPlan(name: "straddling the end", regions: [
+            PlanRegion(name: "x", range: GuestRange(start: base + 0x7FF000, size: 0x2000), contents: .zeros),
+        ], message: "is not inside the guest's memory slots"),
+        BadPlan(name: "wrapping", regions: [PlanRegion(name: "x", range: GuestRange(start: UInt64.max - 0xFFF, size: 0x2000), contents: .zeros)],
+                message: "wraps past the end of the address space"),
+        BadPlan(name: "contents too long", regions: [
+            PlanRegion(name: "x", range: GuestRange(start: base, size: 0x1000), contents: .bytes([UInt8](repeating: 1, count: 0x1001))),
+        ], message: "holds 4097 bytes of contents, more than its 4096-byte range"),
+        BadPlan(name: "zero region with contents", regions: [
+            PlanRegion(name: "x", range: GuestRange(start: base, size: 0x1000), contents: .bytes([1]), kind: .zero),
+        ], message: "is a zero region and cannot carry contents"),
+        BadPlan(name: "kind the platform lacks", regions: [
+            PlanRegion(name: "s", range: GuestRange(start: base, size: 0x1000), contents: .zeros, kind: .secrets),
+        ], message: "is a secrets region, which TDX has no page type for"),
+    ]
+
+    @Test(arguments: cases)
+    func aBadPlanIsRejectedBeforeAnyIoctlNamingTheRegion(_ bad: BadPlan) throws {
+        let rig = try PopulationRig(.tdx)
+        do {
+            _ = try rig.populate(LaunchPlan(regions: bad.regions))
+            Issue.record("the plan should be rejected")
+        } catch {
+            #expect(error.description.contains(bad.message), "\(error)")
+            #expect(rig.populationCalls == 0)
+            #expect(error.populated.isEmpty && error.madePrivate.isEmpty)
+        }
+    }
+
+    @Test func anUnreadableFileIsNamed() throws {
+        let rig = try PopulationRig(.snp)
+        let plan = LaunchPlan(regions: [
+            PlanRegion(name: "kernel", range: GuestRange(start: PopulationRig.memoryBase, size: 0x1000),
+                       contents: .file(path: "/nonexistent/bzImage", offset: 0, length: 0x1000)),
+        ])
+        #expect(throws: PopulateError.self) { _ = try rig.populate(plan) }
+        do { _ = try rig.populate(plan) } catch {
+            #expect(error.description.contains("/nonexistent/bzImage"))
+            #expect(rig.populationCalls == 0)
+        }
+    }
+}
+
+/// Forwards to a real backend but corrupts the source of one page before the
+/// platform copies it, standing in for a VMM bug the measurement must catch.
+final class TamperingBackend: PopulationBackend {
+    let base: any PopulationBackend
+    let corruptGPA: UInt64
+
+    init(_ base: any PopulationBackend, corruptGPA: UInt64) {
+        self.base = base
+        self.corruptGPA = corruptGPA
+    }
+
+    var capabilities: PlatformCapabilities { base.capabilities }
+    var callName: String { base.callName }
+    func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError) { try base.makePrivate(range, inPlace: inPlace) }
+    func populate(_ call: PopulateCall) -> PopulateStep {
+        if call.source != 0, corruptGPA >= call.gpa, corruptGPA < call.gpa + call.pages * pageSize {
+            let byte = UnsafeMutablePointer<UInt8>(bitPattern: UInt(call.source + corruptGPA - call.gpa))!
+            byte.pointee ^= 0xFF
+        }
+        return base.populate(call)
+    }
+    func finish() throws(KVMError) { try base.finish() }
+    func vmsaPages() throws(KVMError) -> [[UInt8]] { try base.vmsaPages() }
+    func reportedMeasurement() -> [UInt8]? { base.reportedMeasurement() }
+    func reportedPageLog() -> [FakePlatformPage] { base.reportedPageLog() }
+}
+
+final class LockedStrings: @unchecked Sendable {
+    private var strings: [String] = []
+    private let lock = NSLock()
+    func append(_ string: String) { lock.withLock { strings.append(string) } }
+    var values: [String] { lock.withLock { strings } }
+}
+
+func hexBytes(_ text: String) -> [UInt8] {
+    var bytes: [UInt8] = []
+    var index = text.startIndex
+    while index < text.endIndex {
+        let next = text.index(index, offsetBy: 2)
+        bytes.append(UInt8(text[index..<next], radix: 16)!)
+        index = next
+    }
+    return bytes
+}
+
+/// One PAGE_INFO step from `start`, with a given contents hash.
+func expectedSNPDigest(start: [UInt8], _ pages: [(gpa: UInt64, type: UInt8, contents: [UInt8]?)], contentsHash: [UInt8]?) -> [UInt8] {
+    var digest = start
+    for page in pages {
+        var info = digest
+        info += contentsHash ?? [UInt8](repeating: 0, count: 48)
+        info += [0x70, 0x00, page.type, 0, 0, 0, 0, 0]
+        info += (0..<8).map { UInt8(truncatingIfNeeded: page.gpa >> (8 * $0)) }
+        digest = SHA384.hash(info).bytes
+    }
+    return digest
+}
+
