@@ -226,7 +226,9 @@ extension FakeKVM {
         // snp_lookup_rmpentry: a page already assigned cannot be launched again.
         if frames.contains(where: { rmp.entry(frame: $0)?.assigned == true }) { throw .fileExists }
         try requireSEVDevice(command)
-        guard let snp = vm.snp, !snp.finished else {
+        // Only the fields needed: a copy of the whole context held across the
+        // loop would make every page-log append copy the log.
+        guard let asid = vm.snp?.asid, vm.snp?.finished == false else {
             firmwareError = 0x02  // INVALID_GUEST_STATE: the launch is over.
             throw .ioError
         }
@@ -235,7 +237,7 @@ extension FakeKVM {
             if let source {
                 bytes.copyMemory(from: UnsafeRawBufferPointer(start: source + offset * Int(pageSize), count: Int(pageSize)))
             }
-            rmp.assign(frame: frames[offset], gpa: gpa, asid: snp.asid, immutable: true, validated: true,
+            rmp.assign(frame: frames[offset], gpa: gpa, asid: asid, immutable: true, validated: true,
                        isLarge: pages > 1, countsAsUpdate: offset == 0)
             switch type {
             case .zero:
@@ -243,7 +245,7 @@ extension FakeKVM {
                 bytes.initializeMemory(as: UInt8.self, repeating: 0)
             case .secrets:
                 // The firmware fills the secrets page (VMPCKs and the like); the host learns nothing of it.
-                let secret = SHA384.hash(Array("fake secrets page, asid \(snp.asid)".utf8)).bytes
+                let secret = SHA384.hash(Array("fake secrets page, asid \(asid)".utf8)).bytes
                 for index in 0..<Int(pageSize) { bytes[index] = secret[index % secret.count] }
             case .cpuid:
                 if !SNPCPUIDPage.validate(bytes, against: firmware.cpuid) {
@@ -264,11 +266,13 @@ extension FakeKVM {
         }
     }
 
+    /// Extends the guest's launch digest by one page, in place (copying the
+    /// context out would copy its page log on every page).
     func extendSNPDigest(_ vm: FakeVM, gpa: UInt64, type: SNPPageType, contentsHash: SHA384Digest?) {
-        guard var snp = vm.snp else { return }
-        snp.digest = snpPageInfoDigest(current: snp.digest, contentsHash: contentsHash, type: type, gpa: gpa)
-        snp.pageLog.append(FakePlatformPage(gpa: gpa, kind: type.description, measurement: snp.digest.bytes))
-        vm.snp = snp
+        guard let current = vm.snp?.digest else { return }
+        let digest = snpPageInfoDigest(current: current, contentsHash: contentsHash, type: type, gpa: gpa)
+        vm.snp!.digest = digest
+        vm.snp!.pageLog.append(FakePlatformPage(gpa: gpa, kind: type.description, measurement: digest.bytes))
     }
 
     /// KVM_SEV_SNP_LAUNCH_FINISH (snp_launch_finish, snp_launch_update_vmsa),

@@ -110,7 +110,8 @@ extension LaunchPlan {
         guard let size = Int(exactly: region.range.size), bytes.count <= size else {
             throw .notPageAligned(index: index, region: region.name)
         }
-        bytes += [UInt8](repeating: 0, count: size - bytes.count)
+        // Pad only when needed: appending nothing would still copy shared storage.
+        if bytes.count < size { bytes += [UInt8](repeating: 0, count: size - bytes.count) }
         return bytes
     }
 }

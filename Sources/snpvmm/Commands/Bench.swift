@@ -9,7 +9,9 @@ enum BenchCommand {
         let run: @Sendable ([String]) -> ExitCode
     }
 
-    static let benchmarks: [Benchmark] = []
+    static let benchmarks: [Benchmark] = [
+        BenchPopulate.benchmark,
+    ]
 
     static var summary: String {
         (["bench <name> ...     run a benchmark; ratios against a baseline from the same run"]

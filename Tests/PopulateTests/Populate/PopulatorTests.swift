@@ -454,3 +454,44 @@ func expectedSNPDigest(start: [UInt8], _ pages: [(gpa: UInt64, type: UInt8, cont
     return digest
 }
 
+
+@Suite struct PrePopulationTests {
+    @Test func aHostWithTDPPreFaultsAfterTheLaunchIsFinished() throws {
+        let rig = try PopulationRig(.snp)
+        let populator = Populator(backend: rig.backend, memory: rig.layout)
+        _ = try populator.populate(samplePlan(.snp))
+        #expect(try populator.prePopulate(vcpu: rig.vcpu) == .preFaultMemory(bytes: PopulationRig.memorySize))
+        #expect(rig.kernel.count(of: .ioctl(.preFaultMemory)) >= 1)
+    }
+
+    @Test func thisMachineFallsBackToMadvisePopulateWriteForPlainGuests() throws {
+        try #require(KVMHost.isUsable, "no usable /dev/kvm on this host")
+        let kvm = try KVM.open()
+        let vm = try kvm.createVM()
+        let memfd = try vm.createGuestMemfd(size: 0x200000, flags: [.mmap, .initShared])
+        let mapping = try memfd.map()
+        let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: 0x200000), mapping: mapping)])
+        let populator = Populator(backend: PlainBackend(), memory: layout)
+        let method = try populator.prePopulate(vcpu: try vm.createVCPU(id: 0))
+        #expect(method == (try kvm.checkExtension(.preFaultMemory) == 0
+            ? .madvisePopulateWrite(bytes: 0x200000) : .preFaultMemory(bytes: 0x200000)))
+    }
+
+    @Test func privateMemoryWithoutPreFaultIsReportedAsNotPrePopulated() throws {
+        var profile = HostProfile.snpHost
+        profile.tdp = false
+        let fake = FakeKVM(profile: profile)
+        let vm = try KVM.open(using: fake).createVM(type: .snp)
+        let snp = try SEVSNP(vm: vm)
+        try snp.init2()
+        let vcpu = try vm.createVCPU(id: 0)
+        let memfd = try vm.createGuestMemfd(size: 0x200000, flags: [.mmap])
+        let mapping = try memfd.map()
+        let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: 0x200000), mapping: mapping)])
+        let backend = try SNPBackend(vm: vm, snp: snp, memory: layout, vcpus: [vcpu])
+        guard case .none = try Populator(backend: backend, memory: layout).prePopulate(vcpu: vcpu) else {
+            Issue.record("expected no pre-population")
+            return
+        }
+    }
+}

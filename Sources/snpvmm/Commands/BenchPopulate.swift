@@ -1,0 +1,182 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Populate
+
+/// `snpvmm bench populate`: filling guest_memfd in place and from a
+/// separate source, against a plain memcpy into fresh anonymous memory, on
+/// this host's real guest_memfd; and the ioctls each platform needs per GiB,
+/// on the fake.
+enum BenchPopulate {
+    static let benchmark = BenchCommand.Benchmark(
+        name: "populate", synopsis: "populate --size SIZE [--runs N] [--json]", run: { run($0) })
+
+    static func run(_ arguments: [String]) -> ExitCode {
+        var size: UInt64 = 256 << 20, runs = 3, json = false
+        var index = 0
+        while index < arguments.count {
+            switch arguments[index] {
+            case "--size":
+                index += 1
+                guard index < arguments.count, let value = parseSize(arguments[index]), value > 0, value % pageSize == 0 else {
+                    fail("bench populate: --size needs a positive multiple of 4 KiB such as 256M or 1G", status: .usage)
+                }
+                size = value
+            case "--runs":
+                index += 1
+                guard index < arguments.count, let value = Int(arguments[index]), value > 0 else {
+                    fail("bench populate: --runs needs a positive count", status: .usage)
+                }
+                runs = value
+            case "--json": json = true
+            default: fail("bench populate: unknown option '\(arguments[index])'", status: .usage)
+            }
+            index += 1
+        }
+        do {
+            let contents = (0..<Int(size)).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ ($0 >> 12)) }
+            let memcpy = try best(of: runs) { try memcpyIntoFreshMemory(contents) }
+            let inPlace = try best(of: runs) { try fillInPlace(contents) }
+            let separate = try best(of: runs) { try fillFromSeparateSource(contents) }
+            let calls = try ioctlsPerGiB()
+            let gib = Double(size) / Double(1 << 30)
+            if json {
+                let perPlatform = calls.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",")
+                print("{\"size\":\(size),\"runs\":\(runs),\"memcpy_seconds\":\(memcpy),\"inplace_seconds\":\(inPlace),"
+                      + "\"separate_seconds\":\(separate),\"inplace_vs_memcpy\":\(memcpy / inPlace),"
+                      + "\"separate_vs_memcpy\":\(memcpy / separate),\"ioctls_per_gib\":{\(perPlatform)}}")
+            } else {
+                print("populate \(size) bytes, best of \(runs) runs (ratio = memcpy time / this time; above 1 is faster)")
+                print("  memcpy into fresh anonymous memory  \(ms(memcpy)) ms  \(rate(gib, memcpy)) GiB/s  (baseline)")
+                print("  in place, through guest_memfd       \(ms(inPlace)) ms  \(rate(gib, inPlace)) GiB/s  ratio \(ratio(memcpy / inPlace))")
+                print("  separate source, then copied in     \(ms(separate)) ms  \(rate(gib, separate)) GiB/s  ratio \(ratio(memcpy / separate))")
+                print("population ioctls per GiB on the fake (2 MiB-aligned plan):")
+                for (platform, count) in calls { print("  \(platform.padding(24)) \(count)") }
+            }
+            return .success
+        } catch {
+            fail("bench populate: \(error)")
+        }
+    }
+
+    static func parseSize(_ text: String) -> UInt64? {
+        let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+        if let last = text.last?.uppercased().first, let unit = units[last] {
+            return UInt64(text.dropLast()).flatMap { $0.multipliedReportingOverflow(by: unit).overflow ? nil : $0 * unit }
+        }
+        return UInt64(text)
+    }
+
+    /// The fastest of `runs` timings, in seconds.
+    static func best(of runs: Int, _ body: () throws -> Void) rethrows -> Double {
+        var fastest = Double.infinity
+        for _ in 0..<runs {
+            let start = now()
+            try body()
+            fastest = min(fastest, now() - start)
+        }
+        return fastest
+    }
+
+    static func now() -> Double {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+    }
+
+    /// The baseline: memcpy into anonymous memory nobody has touched, page faults included.
+    static func memcpyIntoFreshMemory(_ contents: [UInt8]) throws {
+        guard let memory = mmap(nil, contents.count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              memory != MAP_FAILED
+        else { throw Errno(rawValue: errno) }
+        defer { munmap(memory, contents.count) }
+        contents.withUnsafeBytes { _ = Glibc.memcpy(memory, $0.baseAddress!, contents.count) }
+    }
+
+    /// A fresh guest_memfd on the real KVM, mapped and bound at GPA 0.
+    static func freshGuestMemory(_ size: Int) throws -> (VM, GuestMemoryMapping) {
+        let vm = try KVM.open().createVM()
+        let memfd = try vm.createGuestMemfd(size: UInt64(size), flags: [.mmap, .initShared])
+        let mapping = try memfd.map()
+        try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: mapping))
+        return (vm, mapping)
+    }
+
+    /// In place: the plain platform's population, written straight through the mapping.
+    static func fillInPlace(_ contents: [UInt8]) throws {
+        let (_, mapping) = try freshGuestMemory(contents.count)
+        let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: UInt64(contents.count)), mapping: mapping)])
+        let plan = LaunchPlan(regions: [PlanRegion(name: "image", range: GuestRange(start: 0, size: UInt64(contents.count)),
+                                                   contents: .bytes(contents))])
+        _ = try Populator(backend: PlainBackend(), memory: layout).populate(plan)
+    }
+
+    /// Separate source: the contents go into a page-aligned source buffer,
+    /// then are copied into guest memory, as SNP and TDX firmware copy them,
+    /// and the source is wiped.
+    static func fillFromSeparateSource(_ contents: [UInt8]) throws {
+        let (_, mapping) = try freshGuestMemory(contents.count)
+        let source = UnsafeMutableRawPointer.allocate(byteCount: contents.count, alignment: Int(pageSize))
+        defer { source.deallocate() }
+        contents.withUnsafeBytes { _ = Glibc.memcpy(source, $0.baseAddress!, contents.count) }
+        try mapping.write(UnsafeRawBufferPointer(start: source, count: contents.count), at: 0)
+        explicit_bzero(source, contents.count)
+    }
+
+    /// Population ioctls (conversions, calls, finish) for a 1 GiB plan of one
+    /// 2 MiB-aligned region, for each platform and policy on the fake.
+    static func ioctlsPerGiB() throws -> [(String, Int)] {
+        let size: UInt64 = 1 << 30
+        let plan = LaunchPlan(regions: [PlanRegion(name: "image", range: GuestRange(start: 0, size: size), contents: .zeros,
+                                                   kind: .normal)])
+        var results: [(String, Int)] = []
+        for (name, profile, type) in [("SEV-SNP separate source", HostProfile.snpHost, VMType.snp),
+                                      ("SEV-SNP in place", HostProfile.snpInPlaceHost, VMType.snp),
+                                      ("TDX separate source", HostProfile.tdxHost, VMType.tdx),
+                                      ("CCA separate source", HostProfile.ccaHost, VMType.armRealm)] {
+            let fake = FakeKVM(profile: profile)
+            let vm = try KVM.open(using: fake).createVM(type: type)
+            var snp: SEVSNP?
+            if type == .snp {
+                snp = try SEVSNP(vm: vm)
+                try snp!.init2()
+            }
+            if type == .tdx { try TDX(vm: vm).initVM(attributes: 0, xfam: 3) }
+            let vcpu = try vm.createVCPU(id: 0)
+            if type == .tdx { try TDX(vm: vm).initVCPU(vcpu) }
+            let memfd = try vm.createGuestMemfd(size: size, flags: profile.inPlaceConversion ? [.mmap, .initShared] : [.mmap])
+            let mapping = try memfd.map()
+            try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: mapping))
+            let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: size), mapping: mapping)])
+            let backend: any PopulationBackend
+            switch type {
+            case .snp:
+                try snp!.launchStart(policy: 0x30000)
+                backend = try SNPBackend(vm: vm, snp: snp!, memory: layout, vcpus: [vcpu])
+            case .tdx: backend = try TDXBackend(vm: vm, tdx: TDX(vm: vm), vcpu: vcpu, memory: layout)
+            default: backend = CCABackend(vm: vm)
+            }
+            let result = try Populator(backend: backend, memory: layout).populate(plan)
+            results.append((name, result.report.ioctls))
+        }
+        return results
+    }
+
+    static func ms(_ seconds: Double) -> String { fixed3(seconds * 1000).padding(10, left: true) }
+    static func rate(_ gib: Double, _ seconds: Double) -> String { fixed3(gib / seconds).padding(7, left: true) }
+    static func ratio(_ value: Double) -> String { fixed3(value) }
+
+    /// A number with three decimals.
+    static func fixed3(_ value: Double) -> String {
+        let thousandths = Int((value * 1000).rounded())
+        let fraction = String(abs(thousandths) % 1000)
+        return "\(thousandths < 0 ? "-" : "")\(abs(thousandths) / 1000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction)"
+    }
+}
+
+extension String {
+    func padding(_ width: Int, left: Bool = false) -> String {
+        let fill = String(repeating: " ", count: max(0, width - count))
+        return left ? fill + self : self + fill
+    }
+}
