@@ -31,4 +31,11 @@ public enum Fixtures {
         let file = "\(#filePath)"
         return String(file[..<file.lastIndex(of: "/")!]) + "/Guests"
     }()
+
+    /// The directory of the measurement fixtures: Debian's OVMF images,
+    /// small boot inputs and the reference vectors `regenerate.py` writes.
+    public static let measurementDirectory: String = {
+        let file = "\(#filePath)"
+        return String(file[..<file.lastIndex(of: "/")!]) + "/Measurement"
+    }()
 }

@@ -162,7 +162,10 @@ public struct SNPLaunchStep: Equatable, Sendable {
         case .bytes(let bytes):
             try digest.addNormalPages(gpa: gpa, contents: bytes)
         case .firmware(let offset):
-            let length = Int(pageCount) * 4096
+            let (length, overflow) = Int(clamping: pageCount).multipliedReportingOverflow(by: 4096)
+            guard !overflow, offset >= 0, offset <= image.bytes.count, length <= image.bytes.count - offset else {
+                throw .outsideFirmwareImage(offset: offset, pageCount: pageCount, imageSize: image.bytes.count)
+            }
             try image.bytes.withUnsafeBytes { raw in
                 Result { () throws(SNPLaunchDigestError) in
                     try digest.addNormalPages(gpa: gpa, contents: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + length)]))

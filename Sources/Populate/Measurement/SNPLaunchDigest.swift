@@ -102,6 +102,8 @@ public enum SNPLaunchDigestError: Error, Equatable, Sendable, CustomStringConver
     case wrongPageLength(gpa: UInt64, type: SNPPageType, length: Int)
     /// A batch of NORMAL pages is not a whole number of pages.
     case notWholePages(gpa: UInt64, length: Int)
+    /// A launch step names firmware pages the image does not have.
+    case outsideFirmwareImage(offset: Int, pageCount: UInt64, imageSize: Int)
 
     public var description: String {
         switch self {
@@ -111,6 +113,8 @@ public enum SNPLaunchDigestError: Error, Equatable, Sendable, CustomStringConver
             "\(type) page at GPA 0x\(String(gpa, radix: 16)) has \(length) bytes of contents, not 4096"
         case .notWholePages(let gpa, let length):
             "NORMAL pages from GPA 0x\(String(gpa, radix: 16)) span \(length) bytes, not a multiple of 4096"
+        case .outsideFirmwareImage(let offset, let pageCount, let imageSize):
+            "\(pageCount) firmware pages from offset 0x\(String(offset, radix: 16)) run past the end of the \(imageSize)-byte image"
         }
     }
 }

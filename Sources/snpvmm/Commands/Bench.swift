@@ -11,6 +11,7 @@ enum BenchCommand {
 
     static let benchmarks: [Benchmark] = [
         BenchPopulate.benchmark,
+        BenchMeasure.benchmark,
     ]
 
     static var summary: String {

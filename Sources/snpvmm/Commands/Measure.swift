@@ -1,0 +1,495 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Populate
+
+/// `snpvmm measure`: offline launch measurements.
+///
+/// `--mode snp` and `--mode snp:ovmf-hash` take sev-snp-measure 0.0.13's
+/// flags and give its output, errors and exit statuses (argparse usage
+/// errors exit 2, failures print "Error: …" and exit 1), so scripts can
+/// switch between the two. `--mode tdx` computes MRTD from a TDVF image and
+/// `--mode cca` the realm initial measurement of an arm64 direct kernel boot.
+enum MeasureCommand {
+    static let summary = """
+        measure --mode snp|snp:ovmf-hash|tdx|cca ...
+                            compute a launch measurement offline; SNP flags and
+                            output as sev-snp-measure's (see measure --help)
+        """
+
+    static let help = """
+        usage: snpvmm measure --mode snp --ovmf FILE --vcpus N
+                              (--vcpu-type NAME | --vcpu-sig SIG | --vcpu-family F --vcpu-model M --vcpu-stepping S)
+                              [--vmm-type QEMU|ec2|gce] [--kernel FILE [--initrd FILE] [--append STR]]
+                              [--guest-features VALUE] [--snp-ovmf-hash HEX] [--dump-vmsa]
+                              [--output-format hex|base64] [-v]
+               snpvmm measure --mode snp:ovmf-hash --ovmf FILE
+               snpvmm measure --mode tdx --tdvf FILE [--output-format hex|base64] [-v]
+               snpvmm measure --mode cca --kernel Image [--initrd FILE] --dtb FILE --memory SIZE
+                              --num-bps N --num-wps N [--ram-base ADDR] [--hash-algo sha256|sha384|sha512]
+                              [--ipa-bits N] [--sve-vl BITS] [--pmu-num-ctrs N] [--lpa2]
+                              [--output-format hex|base64] [-v]
+
+        snp, snp:ovmf-hash  the SEV-SNP launch digest, bit for bit as sev-snp-measure 0.0.13
+                            computes it, with the same flags, output and exit statuses
+        tdx                 MRTD from the TDVF metadata (MR.EXTEND and PAGE.AUG attributes)
+        cca                 the realm initial measurement (RMM v2.0) of a QEMU-virt style direct
+                            boot: Image at the RAM base (default 0x40000000), initrd, DTB, one REC
+
+        vCPU types: \(SNPVCPUSignature.types.map(\.name).joined(separator: ", "))
+        Exit status: 0 on success, 1 when the inputs cannot be measured, 2 for a usage error.
+        """
+
+    static func run(_ arguments: [String]) -> ExitCode {
+        var parser = MeasureArguments()
+        let values: [String: String]
+        do { values = try parser.parse(arguments) } catch { return usageError(error.message) }
+        if values["--help"] != nil {
+            print(help)
+            return .success
+        }
+        if values["--version"] != nil {
+            print("snpvmm measure (sev-snp-measure 0.0.13 compatible)")
+            return .success
+        }
+        do {
+            switch values["--mode"] {
+            case "tdx": return try measureTDX(values)
+            case "cca": return try measureCCA(values)
+            default: return try measureSNP(values)
+            }
+        } catch let error as UsageError {
+            return usageError(error.message)
+        } catch {
+            return runtimeError("\(error)")
+        }
+    }
+
+    /// sev-snp-measure's `--mode snp` and `--mode snp:ovmf-hash`, step for step in the order of its `cli.py` `main`.
+    static func measureSNP(_ values: [String: String]) throws -> ExitCode {
+        let mode = values["--mode"]!
+        let ovmfPath = values["--ovmf"]!
+        if mode == "snp:ovmf-hash" {
+            let image = try OVMFImage(path: ovmfPath)
+            print(try SNPGuestMeasurement.firmwareDigest(of: image).hex)
+            return .success
+        }
+        // Python tests these strings for truth: an empty --kernel means no kernel.
+        let kernel = values["--kernel"].flatMap { $0.isEmpty ? nil : $0 }
+        let initrd = values["--initrd"].flatMap { $0.isEmpty ? nil : $0 }
+        let append = values["--append"].flatMap { $0.isEmpty ? nil : $0 }
+        if initrd != nil, values["--kernel"] == nil { throw UsageError("--kernel required when using --initrd") }
+        if append != nil, values["--kernel"] == nil { throw UsageError("--kernel required when using --append") }
+        guard let vcpusText = values["--vcpus"] else { throw UsageError("missing --vcpus N in guest mode '\(mode)'") }
+        let vcpus = PythonInteger(vcpusText, autoBase: false)!.exact!
+        let vmmName = values["--vmm-type"] ?? "QEMU"
+        guard let vmmType = SNPVMMType(rawValue: vmmName) else { throw UsageError("unknown VMM type '\(vmmName)'") }
+        // cli.py get_vcpu_sig: family, then sig, then type; each only when its value is truthy.
+        var signature: UInt64 = 0
+        if let family = values["--vcpu-family"].flatMap({ PythonInteger($0, autoBase: false) }), !family.isZero {
+            guard let model = values["--vcpu-model"].flatMap({ PythonInteger($0, autoBase: false)?.exact }),
+                  let stepping = values["--vcpu-stepping"].flatMap({ PythonInteger($0, autoBase: false)?.exact })
+            else { throw MeasureFailure("--vcpu-family needs --vcpu-model and --vcpu-stepping") }
+            signature = SNPVCPUSignature.signature(family: family.exact!, model: model, stepping: stepping)
+        } else if let sig = values["--vcpu-sig"].flatMap({ PythonInteger($0, autoBase: true) }), !sig.isZero {
+            signature = sig.wrapped
+        } else if let name = values["--vcpu-type"] {
+            signature = SNPVCPUSignature.signature(named: name)!
+        } else if vmmType == .qemu {
+            throw UsageError("missing --vcpu-type or --vcpu-sig or --vcpu-family in guest mode '\(mode)'")
+        }
+        let guestFeatures = values["--guest-features"].map { PythonInteger($0, autoBase: true)!.wrapped } ?? 0x1
+
+        let image = try OVMFImage(path: ovmfPath)
+        var firmwareDigest: SHA384Digest?
+        if let text = values["--snp-ovmf-hash"], !text.isEmpty {
+            guard let bytes = hexBytes(text), bytes.count == 48 else {
+                throw MeasureFailure("--snp-ovmf-hash needs 96 hex digits (a 48-byte SHA-384 digest), got '\(text)'")
+            }
+            firmwareDigest = SHA384Digest(bytes: bytes)
+        }
+        var hashes: SEVKernelHashes?
+        if let kernel {
+            hashes = SEVKernelHashes(kernel: try FileBytes.read(kernel), initrd: try initrd.map { try FileBytes.read($0) },
+                                     cmdline: append)
+        }
+        let measurement = SNPGuestMeasurement(vcpus: max(Int(vcpus), 0), vcpuSignature: signature, vmmType: vmmType,
+                                              guestFeatures: guestFeatures, kernelHashes: hashes,
+                                              firmwareDigest: firmwareDigest)
+        let digest = try measurement.launchDigest(for: image)
+        if values["--dump-vmsa"] != nil {
+            for (index, page) in try measurement.vmsaPages(for: image).enumerated() {
+                try writeFile("vmsa\(index).bin", page)
+            }
+        }
+        printMeasurement(digest.bytes, label: "SEV_SNP guest measurement", values)
+        return .success
+    }
+
+    /// MRTD of a TDVF image.
+    static func measureTDX(_ values: [String: String]) throws -> ExitCode {
+        guard let path = values["--tdvf"] else { throw UsageError("the following arguments are required: --tdvf") }
+        let image = try TDVFImage(bytes: try FileBytes.read(path))
+        printMeasurement(image.mrtd.bytes, label: "TDX MRTD", values)
+        return .success
+    }
+
+    /// The realm initial measurement of a direct kernel boot.
+    static func measureCCA(_ values: [String: String]) throws -> ExitCode {
+        let missing = ["--kernel", "--dtb", "--memory", "--num-bps", "--num-wps"].filter { values[$0] == nil }
+        guard missing.isEmpty else { throw UsageError("the following arguments are required: \(missing.joined(separator: ", "))") }
+        func number(_ flag: String, default value: UInt64? = nil) throws -> UInt64? {
+            guard let text = values[flag] else { return value }
+            guard let parsed = PythonInteger(text, autoBase: true), !parsed.negative, let exact = parsed.exact else {
+                throw UsageError("argument \(flag): invalid value: '\(text)'")
+            }
+            return UInt64(exact)
+        }
+        func small(_ flag: String, default value: UInt32? = nil) throws -> UInt32? {
+            guard let wide = try number(flag, default: value.map(UInt64.init)) else { return nil }
+            guard let narrow = UInt32(exactly: wide) else { throw UsageError("argument \(flag): invalid value: '\(values[flag]!)'") }
+            return narrow
+        }
+        guard let memoryText = values["--memory"], let memory = parseSize(memoryText) else {
+            throw UsageError("argument --memory: invalid size: '\(values["--memory"]!)' (bytes, or a number with K, M or G)")
+        }
+        var sveVL: UInt32?
+        if let bits = try small("--sve-vl"), bits != 0 {
+            guard bits % 128 == 0, bits <= 2048 else { throw UsageError("argument --sve-vl: \(bits) is not a multiple of 128 up to 2048") }
+            sveVL = bits / 128 - 1
+        }
+        let algorithm: CCAHashAlgorithm
+        switch values["--hash-algo"] ?? "sha256" {
+        case "sha256": algorithm = .sha256
+        case "sha384": algorithm = .sha384
+        case "sha512": algorithm = .sha512
+        case let other: throw UsageError("argument --hash-algo: invalid choice: '\(other)' (choose from 'sha256', 'sha384', 'sha512')")
+        }
+        let parameters = CCARealmParameters(hashAlgorithm: algorithm, ipaBits: try small("--ipa-bits", default: 40)!,
+                                            lpa2: values["--lpa2"] != nil, sveVL: sveVL,
+                                            breakpoints: try small("--num-bps")!, watchpoints: try small("--num-wps")!,
+                                            pmuCounters: try small("--pmu-num-ctrs"))
+        let boot = CCALinuxBoot(parameters: parameters, ramBase: try number("--ram-base", default: CCALinuxBoot.defaultRAMBase)!,
+                                ramSize: memory, kernel: try FileBytes.read(values["--kernel"]!),
+                                initrd: try values["--initrd"].map { try FileBytes.read($0) },
+                                dtb: try FileBytes.read(values["--dtb"]!))
+        printMeasurement(try boot.realmInitialMeasurement(), label: "CCA realm initial measurement", values)
+        return .success
+    }
+
+    /// Prints a measurement as sev-snp-measure does: hex or base64, with a
+    /// "Calculated … measurement:" prefix under -v.
+    static func printMeasurement(_ bytes: [UInt8], label: String, _ values: [String: String]) {
+        let text = values["--output-format"] == "base64" ? base64(bytes) : SHA384Digest.hexString(bytes)
+        print(values["--verbose"] != nil ? "Calculated \(label): \(text)" : text)
+    }
+
+    static func usageError(_ message: String) -> ExitCode {
+        var standardError = StandardError()
+        print("snpvmm measure: error: \(message)", to: &standardError)
+        return .usage
+    }
+
+    static func runtimeError(_ message: String) -> ExitCode {
+        var standardError = StandardError()
+        print("Error: \(message)", to: &standardError)
+        return .failure
+    }
+
+    /// Python's `bytes.fromhex`: pairs of hex digits, whitespace allowed between pairs.
+    static func hexBytes(_ text: String) -> [UInt8]? {
+        var bytes = [UInt8](), pending: UInt8?
+        for character in text.unicodeScalars {
+            if character.properties.isWhitespace, pending == nil { continue }
+            guard let digit = UInt8(String(character), radix: 16) else { return nil }
+            if let high = pending {
+                bytes.append(high << 4 | digit)
+                pending = nil
+            } else {
+                pending = digit
+            }
+        }
+        return pending == nil ? bytes : nil
+    }
+
+    /// A size in bytes with an optional K, M or G (binary) suffix.
+    static func parseSize(_ text: String) -> UInt64? {
+        let shifts: [Character: UInt64] = ["K": 10, "M": 20, "G": 30]
+        var digits = Substring(text), shift: UInt64 = 0
+        if let last = text.last?.uppercased().first, let value = shifts[last] {
+            shift = value
+            digits = digits.dropLast()
+        }
+        guard let number = UInt64(digits), number.leadingZeroBitCount >= shift else { return nil }
+        return number << shift
+    }
+
+    /// Standard base64 with padding, as Python's `base64.b64encode`.
+    static func base64(_ bytes: [UInt8]) -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        var output = [UInt8]()
+        var index = 0
+        while index < bytes.count {
+            let chunk = bytes[index..<min(index + 3, bytes.count)]
+            let value = chunk.enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (16 - 8 * UInt32($1.offset)) }
+            for position in 0..<4 {
+                output.append(position <= chunk.count ? alphabet[Int(value >> (18 - 6 * UInt32(position)) & 0x3F)] : UInt8(ascii: "="))
+            }
+            index += 3
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    static func writeFile(_ path: String, _ bytes: [UInt8]) throws(MeasureFailure) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw MeasureFailure("cannot create \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        guard written == bytes.count else { throw MeasureFailure("cannot write \(path): \(String(cString: strerror(errno)))") }
+    }
+}
+
+extension SHA384Digest {
+    /// Lower-case hex of any byte string.
+    static func hexString(_ bytes: [UInt8]) -> String {
+        bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+}
+
+/// A command-line mistake: reported as argparse reports it, with exit status 2.
+struct UsageError: Error {
+    let message: String
+    init(_ message: String) { self.message = message }
+}
+
+/// An input that cannot be measured: "Error: …", exit status 1.
+struct MeasureFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// An integer parsed as Python's `int(text)` or `int(text, 0)` parses it:
+/// surrounding whitespace, a sign, `_` between digits, and with base 0 the
+/// 0x/0o/0b prefixes (and no leading zeros on a decimal).
+struct PythonInteger {
+    /// The value modulo 2^64, as ctypes stores it in a u64 field.
+    var wrapped: UInt64
+    /// The value, where it fits in 64 bits.
+    var exact: Int64?
+    var negative: Bool
+    /// Python's truth value is false exactly for zero.
+    var isZero: Bool
+
+    init?(_ text: String, autoBase: Bool) {
+        var characters = Substring(text.trimmingWhitespace())
+        negative = characters.first == "-"
+        if characters.first == "-" || characters.first == "+" { characters = characters.dropFirst() }
+        var radix: UInt64 = 10
+        var allowLeadingUnderscore = false
+        if autoBase, characters.count >= 2, characters.first == "0",
+           let base = ["x": 16, "o": 8, "b": 2][characters.dropFirst().first!.lowercased()] {
+            radix = UInt64(base)
+            characters = characters.dropFirst(2)
+            allowLeadingUnderscore = true
+        }
+        guard !characters.isEmpty, characters.last != "_", allowLeadingUnderscore || characters.first != "_",
+              !characters.contains("__") else { return nil }
+        var magnitude: UInt64 = 0, exactMagnitude: UInt64? = 0, sawNonZero = false, digitCount = 0
+        for character in characters where character != "_" {
+            guard let digit = character.hexDigitValue, UInt64(digit) < radix else { return nil }
+            magnitude = magnitude &* radix &+ UInt64(digit)
+            if let current = exactMagnitude {
+                let (product, overflow1) = current.multipliedReportingOverflow(by: radix)
+                let (sum, overflow2) = product.addingReportingOverflow(UInt64(digit))
+                exactMagnitude = overflow1 || overflow2 ? nil : sum
+            }
+            sawNonZero = sawNonZero || digit != 0
+            digitCount += 1
+        }
+        guard digitCount > 0 else { return nil }
+        // int(x, 0) rejects "010": a decimal with a leading zero must be all zeros.
+        if autoBase, radix == 10, characters.first == "0", sawNonZero { return nil }
+        isZero = !sawNonZero
+        wrapped = negative ? 0 &- magnitude : magnitude
+        if let value = exactMagnitude {
+            exact = negative ? (value <= UInt64(Int64.max) + 1 ? Int64(truncatingIfNeeded: 0 &- value) : nil)
+                             : (value <= UInt64(Int64.max) ? Int64(value) : nil)
+        }
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        let scalars = unicodeScalars
+        guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }) else { return "" }
+        let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })!
+        return String(scalars[first...last])
+    }
+}
+
+/// The command line of `snpvmm measure`, parsed with argparse's rules
+/// (Python 3.11 `argparse`, as sev-snp-measure uses it): long options by
+/// unique prefix, `--opt value` or `--opt=value`, a value may not look like
+/// an option unless it is a negative number or contains a space, the last
+/// repeat wins, and conversion errors name the option.
+struct MeasureArguments {
+    struct Option {
+        let names: [String]
+        let takesValue: Bool
+        /// Checks a value at parse time as argparse's `type=`/`choices=` do; returns an error message.
+        var check: ((String) -> String?)? = nil
+    }
+
+    static let modes = ["snp", "snp:ovmf-hash", "tdx", "cca"]
+
+    static func choices(_ allowed: [String]) -> (String) -> String? {
+        { value in
+            allowed.contains(value) ? nil
+                : "invalid choice: '\(value)' (choose from \(allowed.map { "'\($0)'" }.joined(separator: ", ")))"
+        }
+    }
+
+    static func integer(_ typeName: String, autoBase: Bool, fitIn64: Bool = false) -> (String) -> String? {
+        { value in
+            guard let parsed = PythonInteger(value, autoBase: autoBase), !fitIn64 || parsed.exact != nil else {
+                return "invalid \(typeName) value: '\(value)'"
+            }
+            return nil
+        }
+    }
+
+    let options: [Option] = [
+        Option(names: ["-h", "--help"], takesValue: false),
+        Option(names: ["--version"], takesValue: false),
+        Option(names: ["-v", "--verbose"], takesValue: false),
+        Option(names: ["--mode"], takesValue: true, check: choices(modes)),
+        Option(names: ["--vcpus"], takesValue: true, check: integer("int", autoBase: false, fitIn64: true)),
+        Option(names: ["--vcpu-type"], takesValue: true, check: choices(SNPVCPUSignature.types.map(\.name))),
+        Option(names: ["--vcpu-sig"], takesValue: true, check: integer("auto_base_int", autoBase: true)),
+        Option(names: ["--vcpu-family"], takesValue: true, check: integer("int", autoBase: false, fitIn64: true)),
+        Option(names: ["--vcpu-model"], takesValue: true, check: integer("int", autoBase: false, fitIn64: true)),
+        Option(names: ["--vcpu-stepping"], takesValue: true, check: integer("int", autoBase: false, fitIn64: true)),
+        Option(names: ["--vmm-type"], takesValue: true),
+        Option(names: ["--ovmf"], takesValue: true),
+        Option(names: ["--kernel"], takesValue: true),
+        Option(names: ["--initrd"], takesValue: true),
+        Option(names: ["--append"], takesValue: true),
+        Option(names: ["--guest-features"], takesValue: true, check: integer("<lambda>", autoBase: true)),
+        Option(names: ["--output-format"], takesValue: true, check: choices(["hex", "base64"])),
+        Option(names: ["--snp-ovmf-hash"], takesValue: true),
+        Option(names: ["--dump-vmsa"], takesValue: false),
+        Option(names: ["--svsm"], takesValue: true),
+        Option(names: ["--vars-size"], takesValue: true, check: integer("int", autoBase: false)),
+        Option(names: ["--vars-file"], takesValue: true),
+        Option(names: ["--tdvf"], takesValue: true),
+        Option(names: ["--dtb"], takesValue: true),
+        Option(names: ["--memory"], takesValue: true),
+        Option(names: ["--ram-base"], takesValue: true),
+        Option(names: ["--hash-algo"], takesValue: true),
+        Option(names: ["--ipa-bits"], takesValue: true),
+        Option(names: ["--sve-vl"], takesValue: true),
+        Option(names: ["--num-bps"], takesValue: true),
+        Option(names: ["--num-wps"], takesValue: true),
+        Option(names: ["--pmu-num-ctrs"], takesValue: true),
+        Option(names: ["--lpa2"], takesValue: false),
+    ]
+
+    /// argparse's test for a string that looks like a negative number.
+    static func isNegativeNumber(_ text: String) -> Bool {
+        guard text.hasPrefix("-") else { return false }
+        let isDigit: (Character) -> Bool = { $0.isASCII && $0.isNumber }
+        let rest = text.dropFirst()
+        if !rest.isEmpty, rest.allSatisfy(isDigit) { return true }
+        let parts = rest.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 2 && parts[0].allSatisfy(isDigit) && !parts[1].isEmpty && parts[1].allSatisfy(isDigit)
+    }
+
+    /// Whether argparse would read `text` as an option rather than a value
+    /// (`ArgumentParser._parse_optional`): a known option, with or without
+    /// `=value`, or a prefix of a long one; otherwise a dash-led string is a
+    /// value when it is a negative number or contains a space.
+    func looksLikeOption(_ text: String) -> Bool {
+        guard text.hasPrefix("-"), text != "-" else { return false }
+        let name = text.split(separator: "=", maxSplits: 1).first.map(String.init) ?? text
+        if options.contains(where: { $0.names.contains(name) }) { return true }
+        if name.hasPrefix("--"), options.contains(where: { $0.names.contains { $0.hasPrefix(name) } }) { return true }
+        if Self.isNegativeNumber(text) { return false }
+        if text.contains(" ") { return false }
+        return true
+    }
+
+    /// Resolves an option string (exact, or a unique prefix of a long option).
+    func resolve(_ name: String) throws(UsageError) -> Option? {
+        if let exact = options.first(where: { $0.names.contains(name) }) { return exact }
+        guard name.hasPrefix("--") else { return nil }
+        let matches = options.filter { $0.names.contains { $0.hasPrefix("--") && $0.hasPrefix(name) } }
+        if matches.count > 1 {
+            let names = matches.map { $0.names.last! }.joined(separator: ", ")
+            throw UsageError("ambiguous option: \(name) could match \(names)")
+        }
+        return matches.first
+    }
+
+    /// Parses `arguments` into option values keyed by each option's long name.
+    mutating func parse(_ arguments: [String]) throws(UsageError) -> [String: String] {
+        var values = [String: String]()
+        var unrecognized = [String]()
+        var index = 0
+        var onlyPositionals = false
+        while index < arguments.count {
+            let argument = arguments[index]
+            index += 1
+            if argument == "--", !onlyPositionals {
+                onlyPositionals = true
+                continue
+            }
+            guard !onlyPositionals, looksLikeOption(argument) else {
+                unrecognized.append(argument)
+                continue
+            }
+            var name = argument, inlineValue: String?
+            if let equals = argument.firstIndex(of: "=") {
+                name = String(argument[..<equals])
+                inlineValue = String(argument[argument.index(after: equals)...])
+            }
+            guard let option = try resolve(name) else {
+                unrecognized.append(argument)
+                continue
+            }
+            let display = option.names.joined(separator: "/")
+            let key = option.names.last!
+            if option.takesValue {
+                let value: String
+                if let inlineValue {
+                    value = inlineValue
+                } else {
+                    guard index < arguments.count, !looksLikeOption(arguments[index]) else {
+                        throw UsageError("argument \(display): expected one argument")
+                    }
+                    value = arguments[index]
+                    index += 1
+                }
+                if let problem = option.check?(value) { throw UsageError("argument \(display): \(problem)") }
+                values[key] = value
+            } else {
+                if let inlineValue { throw UsageError("argument \(display): ignored explicit argument '\(inlineValue)'") }
+                // argparse acts on --help and --version as soon as it reads them.
+                if key == "--help" || key == "--version" { return [key: ""] }
+                values[key] = ""
+            }
+            if key == "--vars-size" || key == "--vars-file" {
+                let other = key == "--vars-size" ? "--vars-file" : "--vars-size"
+                if values[other] != nil { throw UsageError("argument \(key): not allowed with argument \(other)") }
+            }
+        }
+        var missing = [String]()
+        if values["--mode"] == nil { missing.append("--mode") }
+        let mode = values["--mode"]
+        if values["--ovmf"] == nil, mode == nil || mode == "snp" || mode == "snp:ovmf-hash" {
+            if mode != nil || (values["--tdvf"] == nil && values["--dtb"] == nil) { missing.append("--ovmf") }
+        }
+        if !missing.isEmpty { throw UsageError("the following arguments are required: \(missing.joined(separator: ", "))") }
+        if !unrecognized.isEmpty { throw UsageError("unrecognized arguments: \(unrecognized.joined(separator: " "))") }
+        return values
+    }
+}
