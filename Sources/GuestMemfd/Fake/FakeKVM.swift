@@ -607,6 +607,7 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         // tdx_vcpu_pre_run and svm_vcpu_pre_run refuse a TD that is not
         // finalised and an SNP vCPU without a launched VMSA.
         guard vcpu.vm.runnable else { throw .invalidArgument }
+        if vcpu.vm.type == .armRealm { activateRealm(vcpu.vm) }
         let run = vcpu.run
         while vcpu.nextStep < vcpu.script.count {
             let step = vcpu.script[vcpu.nextStep]

@@ -51,6 +51,41 @@ extension FakeKVM {
         }
     }
 
+    /// The first KVM_RUN activates the realm (series v14): one REC per vCPU
+    /// is created, the runnable first one extending the RIM with its
+    /// registers (TF-RMM `measurement_rec_params_measure`: RmiRecParams
+    /// with flags at 0x0, pc at 0x200, gprs at 0x300, hashed as a 4 KiB page,
+    /// in a descriptor of type 1 holding the current RIM), then
+    /// RMI_REALM_ACTIVATE. Populate answers EBUSY from then on. The fake's
+    /// vCPUs carry x86 registers; it takes rip as pc and rax, rbx, rcx, rdx,
+    /// rsi, rdi, rsp, rbp as x0 to x7.
+    func activateRealm(_ vm: FakeVM) {
+        guard let rmm = profile.cca, vm.realm?.state != .active else { return }
+        if vm.realm == nil { vm.realm = RealmContext() }
+        if !vm.realm!.created {
+            vm.realm!.created = true
+            vm.realm!.measurement = initialRealmMeasurement(rmm)
+        }
+        for id in vm.vcpus.keys.sorted() where id == 0 {
+            let regs = vm.vcpus[id]!.regs
+            var params = [UInt8](repeating: 0, count: Int(pageSize))
+            params[0] = 1  // RMI_RUNNABLE
+            withUnsafeBytes(of: regs.rip.littleEndian) { params.replaceSubrange(0x200..<0x208, with: $0) }
+            let gprs = [regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rsp, regs.rbp]
+            for (index, value) in gprs.enumerated() {
+                withUnsafeBytes(of: value.littleEndian) { params.replaceSubrange((0x300 + 8 * index)..<(0x308 + 8 * index), with: $0) }
+            }
+            var descriptor = [UInt8](repeating: 0, count: 0x100)
+            descriptor[0] = 1
+            withUnsafeBytes(of: UInt64(0x100).littleEndian) { descriptor.replaceSubrange(0x8..<0x10, with: $0) }
+            descriptor.replaceSubrange(0x10..<0x50, with: vm.realm!.measurement)
+            descriptor.replaceSubrange(0x50..<0x90, with: padded(realmDigest(rmm).hash(params)))
+            vm.realm!.measurement = padded(realmDigest(rmm).hash(descriptor))
+            vm.realm!.pageLog.append(FakePlatformPage(gpa: 0, kind: "REC", measurement: vm.realm!.measurement))
+        }
+        vm.realm!.state = .active
+    }
+
     private func realmDigest(_ rmm: RMMProfile) -> MessageDigest { rmm.hashAlgorithm == 1 ? .sha512 : .sha256 }
 
     /// The initial RIM: the hash of the 4 KiB realm parameters holding only

@@ -190,6 +190,44 @@ func pattern(_ pages: Int, seed: UInt8) -> [UInt8] {
         }
     }
 
+    @Test func init2ChecksFlagsFeaturesAndGHCBVersion() throws {
+        for (features, ghcb, flags) in [(UInt64(1) << 6, UInt16(0), UInt32(0)), (0, 3, 0), (0, 1, 0), (0, 0, 1)] {
+            let fake = FakeKVM(profile: .snpHost)
+            let vm = try KVM.open(using: fake).createVM(type: .snp)
+            let snp = try SEVSNP(vm: vm)
+            var data = ckvm_sev_init()
+            data.vmsa_features = features
+            data.ghcb_version = ghcb
+            data.flags = flags
+            let errno: Errno? = withUnsafeMutablePointer(to: &data) { (pointer) -> Errno? in
+                var command = ckvm_sev_cmd(id: UInt32(CKVM_SEV_INIT2), pad0: 0, data: UInt64(UInt(bitPattern: pointer)), error: 0,
+                                           sev_fd: UInt32(bitPattern: snp.sevFD))
+                do throws(Errno) { _ = try fake.ioctl(vm.fd, Ioctl.memoryEncryptOp.request, pointerTo: &command) } catch { return error }
+                return nil
+            }
+            #expect(errno == .invalidArgument, "features \(features) ghcb \(ghcb) flags \(flags)")
+        }
+        let supported = try FakeSNPGuest(start: false)
+        #expect(try supported.kvm.getDeviceAttr(group: UInt32(CKVM_X86_GRP_SEV), attribute: UInt64(CKVM_X86_SEV_VMSA_FEATURES)) == 1 << 5)
+    }
+
+    @Test func memoryAttributesFollowTheKernelsArgumentRules() throws {
+        let guest = try FakeSNPGuest()
+        #expect(kvmError { try guest.vm.setMemoryAttributes(GuestRange(start: 0, size: 0x1000), attributes: MemoryAttributes(rawValue: 1)) }?
+            .errno == .invalidArgument)
+        #expect(kvmError { try guest.vm.setMemoryAttributes(GuestRange(start: 0x10, size: 0x1000), attributes: .private) }?.errno
+                == .invalidArgument)
+        #expect(kvmError { try guest.vm.setMemoryAttributes(GuestRange(start: 0, size: 0), attributes: .private) }?.errno
+                == .invalidArgument)
+        #expect(kvmError { try guest.vm.setMemoryAttributes(GuestRange(start: UInt64.max - 0xFFF, size: 0x2000), attributes: .private) }?
+            .errno == .invalidArgument)
+        // All or nothing: a range beyond every memslot is fine, attributes are per GFN.
+        try guest.vm.setMemoryAttributes(GuestRange(start: 1 << 40, size: 0x1000), attributes: .private)
+        let plain = try guest.kvm.createVM()
+        #expect(kvmError { try plain.setMemoryAttributes(GuestRange(start: 0, size: 0x1000), attributes: .private) }?.errno
+                == .invalidArgument)
+    }
+
     @Test func launchCommandsOutOfOrderAreRefused() throws {
         let fake = FakeKVM(profile: .snpHost)
         let kvm = try KVM.open(using: fake)

@@ -1,5 +1,6 @@
 import CKVMHeaders
 import GuestMemfd
+import Populate
 import Testing
 
 /// MRTD computed here from the TDX module's block layout (a 128-byte block
@@ -108,6 +109,33 @@ struct FakeTD {
         #expect(kvmError { try td.tdx.finalizeVM() }?.errno == .invalidArgument)
     }
 
+    @Test func malformedTDCommandsAreRefused() throws {
+        let fake = FakeKVM(profile: .tdxHost)
+        let vm = try KVM.open(using: fake).createVM(type: .tdx)
+        let tdx = TDX(vm: vm)
+        #expect(kvmError { try tdx.initVM(attributes: 0, xfam: 1 << 40) }?.errno == .invalidArgument)
+        // KVM_TDX_CAPABILITIES with room for one CPUID entry: E2BIG.
+        var storage = [UInt8](repeating: 0, count: 2056 + 40)
+        storage.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(1), toByteOffset: 2048, as: UInt32.self) }
+        let errno: Errno? = storage.withUnsafeMutableBytes { (raw) -> Errno? in
+            var command = ckvm_tdx_cmd(id: UInt32(CKVM_TDX_CAPABILITIES), flags: 0, data: UInt64(UInt(bitPattern: raw.baseAddress)), hw_error: 0)
+            do throws(Errno) { _ = try fake.ioctl(vm.fd, Ioctl.memoryEncryptOp.request, pointerTo: &command) } catch { return error }
+                return nil
+        }
+        #expect(errno == .argumentListTooLong)
+        // A nonzero hw_error on input, and reserved words in INIT_VM.
+        var command = ckvm_tdx_cmd(id: UInt32(CKVM_TDX_FINALIZE_VM), flags: 0, data: 0, hw_error: 1)
+        #expect(throws: Errno.invalidArgument) { _ = try fake.ioctl(vm.fd, Ioctl.memoryEncryptOp.request, pointerTo: &command) }
+        var initVM = ckvm_tdx_init_vm()
+        initVM.reserved.0 = 1
+        let reserved: Errno? = withUnsafeMutablePointer(to: &initVM) { (pointer) -> Errno? in
+            var command = ckvm_tdx_cmd(id: UInt32(CKVM_TDX_INIT_VM), flags: 0, data: UInt64(UInt(bitPattern: pointer)), hw_error: 0)
+            do throws(Errno) { _ = try fake.ioctl(vm.fd, Ioctl.memoryEncryptOp.request, pointerTo: &command) } catch { return error }
+                return nil
+        }
+        #expect(reserved == .invalidArgument)
+    }
+
     @Test func anUnmappedSourceIsEFAULTNotACrash() throws {
         let td = try FakeTD()
         let error = kvmError {
@@ -213,6 +241,26 @@ func expectedRIM(_ granules: [(ipa: UInt64, contents: [UInt8], measured: Bool)])
         try realm.vm.setMemoryAttributes(GuestRange(start: 0x8000_F000, size: 0x1000), attributes: [])
         #expect(kvmError { _ = try realm.cca.populate(CCAPopulate(base: 0x8000_F000, size: 0x1000, sourceAddress: source.address), measure: true) }?
             .errno == .invalidArgument)
+    }
+
+    @Test func theFirstRunActivatesTheRealmMeasuringTheBootRECAndPopulateIsThenBusy() throws {
+        let realm = try Realm()
+        let source = AlignedBuffer(pattern(1, seed: 3))
+        _ = try realm.cca.populate(CCAPopulate(base: 0x8000_0000, size: 0x1000, sourceAddress: source.address), measure: true)
+        let vcpu = try realm.vm.createVCPU(id: 0)
+        var regs = try vcpu.getRegs()
+        regs.rip = 0x8000_0000
+        regs.rax = 0x8800_0000
+        try vcpu.setRegs(regs)
+        _ = try vcpu.run()
+        var expected = CCARealmMeasurement(parameters: CCARealmParameters(ipaBits: 40, breakpoints: 0, watchpoints: 0))
+        expected.dataCreate(loading: source.bytes, at: 0x8000_0000)
+        expected.recCreate(pc: 0x8000_0000, gprs: [0x8800_0000, 0, 0, 0, 0, 0, 0, 0], runnable: true)
+        #expect(realm.fake.launchMeasurement(of: realm.vm) == expected.rim)
+        let error = kvmError {
+            _ = try realm.cca.populate(CCAPopulate(base: 0x8000_1000, size: 0x1000, sourceAddress: source.address), measure: true)
+        }
+        #expect(error?.errno == .resourceBusy)
     }
 
     @Test func delegationScrubsWhatTheHostHadWritten() throws {
