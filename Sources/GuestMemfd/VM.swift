@@ -59,7 +59,9 @@ public struct UserMemoryRegion2: Hashable, Sendable {
 
     var range: GuestRange { GuestRange(start: guestPhysicalAddress, size: memorySize) }
 
-    var cValue: ckvm_userspace_memory_region2 {
+    /// The C struct the ioctl takes, for callers that set fields this type
+    /// does not carry (the unchecked pads).
+    public var cValue: ckvm_userspace_memory_region2 {
         var region = ckvm_userspace_memory_region2()
         region.slot = slot
         region.flags = flags

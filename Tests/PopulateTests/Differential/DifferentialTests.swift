@@ -295,7 +295,7 @@ extension DifferentialCase {
         DifferentialCase(name: "memslot pads are not checked") { kvm, o in
             let vm = try kvm.createVM()
             let gmem = try memfd(vm, 0x4000)
-            var region = slot(0, 0, 0x4000, gmem).cValueForTests
+            var region = slot(0, 0, 0x4000, gmem).cValue
             region.pad1 = 7
             region.pad2.0 = 9
             o.note("pads set") { try rawIoctl(kvm, vm.fd, .setUserMemoryRegion2, &region) }
@@ -435,19 +435,4 @@ extension DifferentialCase {
             o.note("get sregs") { let s = try vcpu.getSregs(); return "\(s.cs.selector) \(s.cs.base)" }
         },
     ]
-}
-
-extension UserMemoryRegion2 {
-    /// The C struct, for tests that set fields the typed value does not carry.
-    var cValueForTests: ckvm_userspace_memory_region2 {
-        var region = ckvm_userspace_memory_region2()
-        region.slot = slot
-        region.flags = flags
-        region.guest_phys_addr = guestPhysicalAddress
-        region.memory_size = memorySize
-        region.userspace_addr = userspaceAddress
-        region.guest_memfd_offset = guestMemfdOffset
-        region.guest_memfd = guestMemfd
-        return region
-    }
 }
