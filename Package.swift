@@ -26,7 +26,7 @@ let package = Package(
         .target(name: "Fixtures", path: "Tests/Fixtures", exclude: ["README.md", "Guests", "Measurement", "build-guests.sh"]),
         .testTarget(
             name: "PopulateTests",
-            dependencies: ["GuestMemfd", "Populate", "Fixtures", "CKVMHeaders"]
+            dependencies: ["GuestMemfd", "Populate", "Fixtures", "CKVMHeaders", "snpvmm"]
         ),
     ],
     swiftLanguageModes: [.v6]

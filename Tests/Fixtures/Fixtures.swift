@@ -26,6 +26,24 @@ public enum Fixtures {
         bytes.reduce(0) { $0 &* 31 &+ UInt32($1) }
     }
 
+    /// `Guests/pvh-check.elf`, built from `Guests/pvh-check.S` and
+    /// `pvh-check.ld` by `build-guests.sh`: an ELF64 PVH guest that checks
+    /// its BSS, its data, `hvm_start_info`, its CPU state, the memory map
+    /// and module 0, prints each result on COM1 and reports through
+    /// isa-debug-exit: `pvhCheckPassed` when every check passed.
+    public static let pvhCheckPath: String = guestSources + "/pvh-check.elf"
+
+    /// The isa-debug-exit values `pvh-check` writes; snpvmm exits with (value << 1) | 1.
+    public static let pvhCheckPassed: UInt32 = 0x10
+    public static let pvhCheckFailed: UInt32 = 0x11
+
+    /// A module `pvh-check` accepts: `payload` followed by its hash
+    /// (`checksum`), little-endian.
+    public static func pvhCheckModule(_ payload: [UInt8]) -> [UInt8] {
+        let hash = checksum(payload)
+        return payload + (0..<4).map { UInt8(truncatingIfNeeded: hash >> (8 * $0)) }
+    }
+
     /// The directory of the guest sources, for tests that rebuild them.
     public static let guestSources: String = {
         let file = "\(#filePath)"

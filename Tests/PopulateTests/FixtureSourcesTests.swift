@@ -17,6 +17,19 @@ import Testing
         #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: binary))) == Fixtures.checksum16)
     }
 
+    @Test(.enabled(if: assemblerPath != nil, "binutils (as) is not installed"))
+    func pvhCheckELFMatchesItsSource() throws {
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("fixture-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: work) }
+        let script = URL(fileURLWithPath: Fixtures.guestSources).deletingLastPathComponent().appendingPathComponent("build-guests.sh")
+        // The script also prints the real-mode guests' arrays; only the ELF matters here.
+        try run("/bin/bash", ["-c", "\"$0\" \"$1\" >/dev/null 2>&1", script.path, work.path])
+        let rebuilt = try Data(contentsOf: work.appendingPathComponent("pvh-check.elf"))
+        #expect(rebuilt == (try Data(contentsOf: URL(fileURLWithPath: Fixtures.pvhCheckPath))),
+                "Guests/pvh-check.elf differs from what build-guests.sh makes of pvh-check.S; run it and commit the result")
+    }
+
     private func run(_ tool: String, _ arguments: [String]) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: tool)

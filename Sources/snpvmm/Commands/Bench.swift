@@ -12,6 +12,7 @@ enum BenchCommand {
     static let benchmarks: [Benchmark] = [
         BenchPopulate.benchmark,
         BenchMeasure.benchmark,
+        BenchBoot.benchmark,
     ]
 
     static var summary: String {

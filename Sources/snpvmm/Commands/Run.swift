@@ -1,0 +1,346 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import GuestMemfd
+import Populate
+
+/// The platforms `snpvmm run` can populate a guest for.
+enum Platform: String, CaseIterable, Sendable {
+    case plain, snp, tdx, cca
+
+    /// The VM type a host must offer for the platform.
+    var vmType: VMType {
+        switch self {
+        case .plain: .default
+        case .snp: .snp
+        case .tdx: .tdx
+        case .cca: .armRealm
+        }
+    }
+}
+
+/// The parsed command line of `snpvmm run`.
+struct RunOptions: Equatable, Sendable {
+    var kernel: String = ""
+    var initrd: String?
+    var append: String = ""
+    var memory: UInt64 = RunOptions.defaultMemory
+    var cpus: Int = 1
+    var platform: Platform = .plain
+    var emulate = false
+    var ledger: String?
+    /// `--help` was given: print the help and nothing else.
+    var help = false
+
+    static let defaultMemory: UInt64 = 256 << 20
+    /// The largest `--memory` accepted.
+    static let maximumMemory: UInt64 = 1 << 40
+}
+
+/// A command-line mistake: one line, exit status 2.
+struct RunUsageError: Error, Equatable, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// `snpvmm run`: boots a kernel from guest_memfd memory that is filled
+/// before the first instruction runs, with a serial console on standard
+/// output.
+enum RunCommand {
+    static let summary = """
+        run --kernel FILE ...
+                            boot a kernel (PVH ELF or bzImage) from prepopulated
+                            guest_memfd memory; see run --help
+        """
+
+    static let help = """
+        usage: snpvmm run --kernel FILE [--initrd FILE] [--append STR] [--memory SIZE]
+                          [--cpus N] [--platform plain|snp|tdx|cca] [--emulate] [--ledger FILE]
+
+        Boots a kernel on this host's KVM from guest_memfd memory that snpvmm fills
+        in place before the guest's first instruction. The guest's serial port is
+        this process's standard output.
+
+          --kernel FILE     the kernel, as QEMU's -kernel: an ELF64 executable with a
+                            Xen PVH entry note (entered in 32-bit protected mode with
+                            hvm_start_info in %ebx), or a Linux bzImage (entered through
+                            the 64-bit boot protocol with boot_params in %rsi)
+          --initrd FILE     an initial ramdisk, as QEMU's -initrd: PVH module 0, or the
+                            bzImage's ramdisk; placed at the top of RAM below 4 GiB
+          --append STR      the kernel command line, as QEMU's -append (default empty)
+          --memory SIZE     guest RAM, as QEMU's -m: a number of MiB, or a number with
+                            the suffix K, M, G or T (default 256M)
+          --cpus N          vCPUs, as QEMU's -smp, 1 to 32 (default 1)
+          --platform NAME   plain (default), snp, tdx or cca: the platform whose launch
+                            populates guest memory
+          --emulate         with snp, tdx or cca, run over the emulated platform where
+                            the host lacks it
+          --ledger FILE     write an account of every populated byte to FILE
+          --help            show this text
+
+        Devices: an 8250 UART at 0x3f8 (IRQ 4) writing to standard output; QEMU's
+        isa-debug-exit at port 0xf4; the i8042's reset line; the in-kernel PIC,
+        IOAPIC, local APICs and PIT; an MP table listing the vCPUs.
+
+        The run ends when the guest writes v to port 0xf4 (exit status (v << 1) | 1),
+        resets through the i8042, triple-faults, or has every vCPU halted with
+        interrupts off (exit status 0). Exit status 1: the host cannot run the guest;
+        2: the command line or an image is wrong.
+        """
+
+    static func run(_ arguments: [String]) -> ExitCode {
+        let options: RunOptions
+        do {
+            options = try parse(arguments)
+        } catch {
+            fail("run: \(error.description)", status: .usage)
+        }
+        if options.help {
+            print(help)
+            return .success
+        }
+        let setup: BootSetup
+        do {
+            setup = try load(options)
+        } catch {
+            fail("run: \(error.message(kernel: options.kernel))", status: .usage)
+        }
+        let kvm: KVM
+        do {
+            kvm = try openKVM(options)
+            if let problem = try hostProblem(options, capabilities: kvm.capabilities()) {
+                fail(problem.message, status: problem.status)
+            }
+        } catch {
+            fail("\(error)")
+        }
+        let end: RunEnd
+        do {
+            end = try boot(setup, options: options, kvm: kvm, output: StandardOutput.write)
+        } catch {
+            fail(error.isUsage ? "run: \(error.description)" : error.description, status: error.isUsage ? .usage : .failure)
+        }
+        switch end {
+        case .debugExit(let value):
+            exit(DebugExit.exitStatus(for: value))
+        case .tripleFault:
+            var standardError = StandardError()
+            print("snpvmm: the guest triple-faulted (KVM_EXIT_SHUTDOWN); the run is over", to: &standardError)
+            return .success
+        case .i8042Reset, .haltedWithInterruptsOff, .systemEvent:
+            return .success
+        }
+    }
+
+    // MARK: Command line
+
+    /// Parses `--flag value` and `--flag=value` forms.
+    static func parse(_ arguments: [String]) throws(RunUsageError) -> RunOptions {
+        var options = RunOptions()
+        var seen: Set<String> = []
+        var kernel: String?
+        var index = 0
+        while index < arguments.count {
+            var argument = arguments[index]
+            var inlineValue: String?
+            if argument.hasPrefix("--"), let equals = argument.firstIndex(of: "=") {
+                inlineValue = String(argument[argument.index(after: equals)...])
+                argument = String(argument[..<equals])
+            }
+            index += 1
+            func value() throws(RunUsageError) -> String {
+                if let inlineValue { return inlineValue }
+                guard index < arguments.count else { throw RunUsageError("\(argument) needs a value") }
+                index += 1
+                return arguments[index - 1]
+            }
+            if argument == "--help" || argument == "-h" {
+                options.help = true
+                return options
+            }
+            let flags = ["--kernel", "--initrd", "--append", "--memory", "--cpus", "--platform", "--emulate", "--ledger"]
+            guard flags.contains(argument) else {
+                throw RunUsageError("unknown option '\(arguments[index - 1])' (see snpvmm run --help)")
+            }
+            guard seen.insert(argument).inserted else { throw RunUsageError("\(argument) is given twice") }
+            switch argument {
+            case "--kernel": kernel = try value()
+            case "--initrd": options.initrd = try value()
+            case "--append": options.append = try value()
+            case "--memory":
+                let text = try value()
+                options.memory = try parseMemorySize(text)
+            case "--cpus":
+                let text = try value()
+                guard let cpus = Int(text), (1...MPTable.maximumCPUs).contains(cpus) else {
+                    throw RunUsageError("--cpus '\(text)' is not a number from 1 to \(MPTable.maximumCPUs)")
+                }
+                options.cpus = cpus
+            case "--platform":
+                let text = try value()
+                guard let platform = Platform(rawValue: text) else {
+                    throw RunUsageError("--platform '\(text)' is not one of plain, snp, tdx, cca")
+                }
+                options.platform = platform
+            case "--emulate":
+                if inlineValue != nil { throw RunUsageError("--emulate takes no value") }
+                options.emulate = true
+            default:  // --ledger
+                options.ledger = try value()
+            }
+        }
+        guard let kernel else { throw RunUsageError("--kernel FILE is required (see snpvmm run --help)") }
+        options.kernel = kernel
+        if options.emulate && options.platform == .plain {
+            throw RunUsageError("--emulate applies to --platform snp, tdx or cca")
+        }
+        if options.ledger != nil && options.platform == .plain {
+            throw RunUsageError("--ledger accounts for a confidential launch; give --platform snp, tdx or cca")
+        }
+        return options
+    }
+
+    /// Parses a `--memory` size the way QEMU's `-m` reads one: a whole
+    /// number of MiB, or a whole number with the suffix K, M, G or T
+    /// (either case, optionally followed by "iB" or "B"). The result must
+    /// be a multiple of 4 KiB, at least 2 MiB and at most 1 TiB.
+    static func parseMemorySize(_ text: String) throws(RunUsageError) -> UInt64 {
+        let malformed = RunUsageError("--memory '\(text)' is not a size: give a number of MiB, or a number with the suffix K, M, G or T")
+        var digits = Substring(text)
+        var shift: UInt64 = 20
+        for suffix in ["iB", "B"] where digits.count > 1 && digits.hasSuffix(suffix) {
+            digits = digits.dropLast(suffix.count)
+            break
+        }
+        if let last = digits.last, last.isLetter {
+            switch last.uppercased() {
+            case "K": shift = 10
+            case "M": shift = 20
+            case "G": shift = 30
+            case "T": shift = 40
+            default: throw malformed
+            }
+            digits = digits.dropLast()
+        } else if digits.count != text.count {
+            throw malformed  // "B" or "iB" without a unit letter
+        }
+        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber), let count = UInt64(digits) else {
+            throw malformed
+        }
+        let (bytes, overflow) = count.multipliedReportingOverflow(by: 1 << shift)
+        guard !overflow, bytes <= RunOptions.maximumMemory else {
+            throw RunUsageError("--memory '\(text)' is more than the 1 TiB snpvmm gives a guest")
+        }
+        guard bytes >= Layout.minimumMemory else { throw RunUsageError("--memory '\(text)' is less than the 2 MiB a guest needs") }
+        guard bytes % pageSize == 0 else { throw RunUsageError("--memory '\(text)' is not a multiple of 4 KiB") }
+        return bytes
+    }
+
+    // MARK: Steps
+
+    /// Opens the images and lays out the guest; nothing is created yet.
+    static func load(_ options: RunOptions) throws(ImageError) -> BootSetup {
+        let kernel = try ImageSource(path: options.kernel, role: "kernel")
+        let initrd = try options.initrd.map { (path) throws(ImageError) in try ImageSource(path: path, role: "initrd") }
+        return try Loader.load(BootRequest(kernel: kernel, initrd: initrd, commandLine: options.append,
+                                           memorySize: options.memory, cpus: options.cpus))
+    }
+
+    /// The KVM the guest runs on: the host's `/dev/kvm`. An emulated
+    /// platform (`--emulate`) opens its fake kernel here instead.
+    static func openKVM(_ options: RunOptions) throws(KVMError) -> KVM {
+        try KVM.open()
+    }
+
+    /// What stops this host from running the guest as asked, if anything.
+    static func hostProblem(_ options: RunOptions, capabilities: HostCapabilities)
+        -> (message: String, status: ExitCode)?
+    {
+        let missing = capabilities.missing([.guestMemfd, .userMemory2, .guestMemfdFlags])
+        if !missing.isEmpty {
+            return ("this host lacks \(missing.joined(separator: ", ")); guest_memfd-backed guests need Linux 6.18+", .failure)
+        }
+        if !capabilities.guestMemfdFlags.isSuperset(of: [.mmap, .initShared]) {
+            return ("guest_memfd here cannot be mapped shared (flags \(capabilities.guestMemfdFlags)); snpvmm needs MMAP|INIT_SHARED",
+                    .failure)
+        }
+        guard options.platform != .plain else { return nil }
+        let offered = capabilities.vmTypes.map(\.name).joined(separator: ", ")
+        if !capabilities.vmTypes.contains(options.platform.vmType) && !options.emulate {
+            return ("--platform \(options.platform.rawValue) needs a host whose KVM offers \(options.platform.vmType.name); this host offers \(offered) (use --emulate to run over the emulated platform)",
+                    .failure)
+        }
+        // The confidential launch flows plug in at `populateGuest`; until then they stop here.
+        return ("--platform \(options.platform.rawValue)\(options.emulate ? " --emulate" : "") is not connected to a population engine in this build",
+                .failure)
+    }
+
+    /// Why `boot` stopped before the guest ran to an end.
+    enum BootFailure: Error, CustomStringConvertible {
+        case kvm(KVMError)
+        case populate(PopulateFailure)
+        case machine(MachineFailure)
+
+        var description: String {
+            switch self {
+            case .kvm(let error): "\(error)"
+            case .populate(let failure): failure.description
+            case .machine(let failure): failure.description
+            }
+        }
+
+        /// An invalid plan is the images' fault, like every other layout error.
+        var isUsage: Bool {
+            if case .populate(.plan) = self { return true }
+            return false
+        }
+    }
+
+    /// Creates the machine, fills its memory, sets the boot vCPU and runs it.
+    static func boot(_ setup: BootSetup, options: RunOptions, kvm: KVM,
+                     output: @escaping @Sendable ([UInt8]) -> Void) throws(BootFailure) -> RunEnd {
+        let machine: Machine
+        do {
+            machine = try Machine(kvm: kvm, memorySize: options.memory, cpus: options.cpus, output: output)
+        } catch {
+            throw .kvm(error)
+        }
+        do {
+            try populateGuest(setup, machine: machine, options: options)
+        } catch {
+            throw .populate(error)
+        }
+        do {
+            try machine.setBootState(setup.cpu)
+        } catch {
+            throw .kvm(error)
+        }
+        switch machine.run() {
+        case .success(let end): return end
+        case .failure(let failure): throw .machine(failure)
+        }
+    }
+
+    /// Fills guest memory from the launch plan. This is the single point
+    /// where a platform's population engine (and its ledger) replaces the
+    /// plain in-place copy.
+    static func populateGuest(_ setup: BootSetup, machine: Machine, options: RunOptions) throws(PopulateFailure) {
+        try populate(plan: setup.plan, into: machine.memory, slots: machine.slots)
+    }
+}
+
+/// Standard output without buffering, for the guest's serial bytes: each
+/// byte reaches the reader as the guest sends it.
+enum StandardOutput {
+    @Sendable static func write(_ bytes: [UInt8]) {
+        var done = 0
+        while done < bytes.count {
+            let written = bytes.withUnsafeBytes { Glibc.write(1, $0.baseAddress! + done, $0.count - done) }
+            if written < 0 {
+                if errno == EINTR || errno == EAGAIN { continue }
+                return  // standard output is gone; the guest carries on unheard
+            }
+            done += written
+        }
+    }
+}
