@@ -117,7 +117,12 @@ final class Machine {
     /// Puts the boot vCPU in `state`; the other vCPUs wait for the start-up
     /// IPI the guest sends them, as on a PC.
     func setBootState(_ state: BootCPUState) throws(KVMError) {
-        let vcpu = vcpus[0]
+        try Machine.apply(state, to: vcpus[0])
+    }
+
+    /// Loads a boot state into a vCPU's registers (also a fake platform's,
+    /// whose SNP VMSA is built from them).
+    static func apply(_ state: BootCPUState, to vcpu: VCPU) throws(KVMError) {
         var sregs = try vcpu.getSregs()
         func load(_ segment: Segment, into register: inout kvm_segment) {
             register.base = UInt64(segment.base)

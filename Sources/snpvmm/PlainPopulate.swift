@@ -21,14 +21,17 @@ enum PopulateFailure: Error, CustomStringConvertible {
     case plan(PlanError)
     /// A region's guest memory could not be written.
     case memory(region: String, KVMError)
-    /// A region's file could not be read.
+    /// A region's file could not be read (or the ledger written).
     case file(region: String, path: String, reason: String)
+    /// The emulated platform's launch failed.
+    case engine(String)
 
     var description: String {
         switch self {
         case .plan(let error): error.description
         case .memory(let region, let error): "populating \(region): \(error)"
         case .file(let region, let path, let reason): "populating \(region) from '\(path)': \(reason)"
+        case .engine(let reason): reason
         }
     }
 }

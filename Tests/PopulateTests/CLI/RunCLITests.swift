@@ -122,6 +122,29 @@ struct RunCLITests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted() == created)
     }
 
+    /// The emulated platform launches the plan (its firmware's measurement
+    /// must equal the engine's, or the run stops), prints the measurement,
+    /// writes the ledger, and the same guest then runs on this host's VM.
+    @Test(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"), arguments: ["snp", "tdx", "cca"])
+    func emulatedLaunchPrintsTheMeasurementWritesTheLedgerThenBootsTheGuest(_ platform: String) throws {
+        let payload = Array("a module for pvh-check\n".utf8)
+        let initrd = try directory.write("initrd", Fixtures.pvhCheckModule(payload))
+        let ledger = directory.path + "/ledger.jsonl"
+        let outcome = try Snpvmm.run(["run", "--kernel", kernel, "--initrd", initrd, "--append", "console=ttyS0 quiet",
+                                      "--memory", "256M", "--platform", platform, "--emulate", "--ledger", ledger])
+        #expect(outcome.status == 33)
+        #expect(outcome.stdout == RealBootTests.pvhCheckOutput(commandLine: "console=ttyS0 quiet", payload: payload,
+                                                               memoryMap: RealBootTests.map256M))
+        let prefix = "snpvmm: emulated \(platform) launch measurement "
+        let first = try #require(outcome.stderr.split(separator: "\n").first.map(String.init))
+        #expect(first.hasPrefix(prefix))
+        let measurement = String(first.dropFirst(prefix.count))
+        #expect(measurement.count == (platform == "cca" ? 64 : 96))
+        let lines = try String(contentsOfFile: ledger, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count > 3)
+        #expect(lines.last?.contains("\"measurement\":\"\(measurement)\"") == true)
+    }
+
     @Test(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"))
     func confidentialPlatformOnAHostWithoutItNamesWhatIsMissing() throws {
         let offered = try KVMHost.open().capabilities().vmTypes
