@@ -495,3 +495,52 @@ func expectedSNPDigest(start: [UInt8], _ pages: [(gpa: UInt64, type: UInt8, cont
         }
     }
 }
+
+@Suite struct PlanTextTests {
+    @Test func aPlanTextReadsEveryKindOfContents() throws {
+        let plan = try LaunchPlan(text: """
+            # name kind gpa size contents
+            kernel  normal      0x100000 0x2000 file /boot/vmlinuz 0x10 100
+            config  unmeasured  524288   0x1000 hex 0a0B   # trailing comment
+            stack   zero        0x90000  0x2000 zeros
+
+            image   normal      0x200000 0x1000 file /tmp/image
+            """)
+        #expect(plan.regions == [
+            PlanRegion(name: "kernel", range: GuestRange(start: 0x100000, size: 0x2000),
+                       contents: .file(path: "/boot/vmlinuz", offset: 0x10, length: 100)),
+            PlanRegion(name: "config", range: GuestRange(start: 0x80000, size: 0x1000), contents: .bytes([0x0A, 0x0B]), kind: .unmeasured),
+            PlanRegion(name: "stack", range: GuestRange(start: 0x90000, size: 0x2000), contents: .zeros, kind: .zero),
+            PlanRegion(name: "image", range: GuestRange(start: 0x200000, size: 0x1000),
+                       contents: .file(path: "/tmp/image", offset: 0, length: 0x1000)),
+        ])
+    }
+
+    @Test(arguments: [
+        ("kernel blob 0x1000 0x1000 zeros", "plan line 1: unknown kind 'blob' for region 'kernel'; kinds are normal, zero, unmeasured, secrets, cpuid"),
+        ("kernel normal 0x1000 zeros", "plan line 1: expected 'name kind gpa size contents', found 4 fields"),
+        ("kernel normal 0x10zz 0x1000 zeros", "plan line 1: gpa '0x10zz' of region 'kernel' is not a number"),
+        ("kernel normal 0x1000 0x1000 tape", "plan line 1: unknown contents 'tape' for region 'kernel'; give zeros, hex or file"),
+        ("kernel normal 0x1000 0x1000 hex abc", "plan line 1: 'hex' of region 'kernel' needs one even-length string of hex digits"),
+        ("kernel normal 0x1000 0x1000 hex zz", "plan line 1: 'zz' in the hex of region 'kernel' is not a byte"),
+        ("kernel normal 0x1000 0x1000 zeros extra", "plan line 1: 'zeros' of region 'kernel' takes nothing after it"),
+        ("kernel normal 0x1000 0x1000 file", "plan line 1: 'file' of region 'kernel' takes a path, then an optional offset and length"),
+        ("# fine\nx normal 0x1000 99999999999999999999999 zeros", "plan line 2: size '99999999999999999999999' of region 'x' is not a number"),
+    ])
+    func aBadLineIsNamedWithWhatIsWrong(_ text: String, _ message: String) {
+        #expect(throws: PlanTextError.self) { _ = try LaunchPlan(text: text) }
+        do { _ = try LaunchPlan(text: text) } catch { #expect(error.description == message) }
+    }
+
+    @Test func arbitraryBytesNeverTrapTheReader() {
+        var seed: UInt64 = 0x1234_5678
+        for _ in 0..<2000 {
+            var bytes: [UInt8] = []
+            for _ in 0..<Int(seed % 80) {
+                seed = seed &* 6364136223846793005 &+ 1442695040888963407
+                bytes.append([0x20, 0x0A, 0x23, 0x30, 0x78, 0x61, 0x6E, 0x7A, 0x66, 0x68, 0xFF][Int(seed >> 60) % 11])
+            }
+            _ = try? LaunchPlan(text: String(decoding: bytes, as: UTF8.self))
+        }
+    }
+}
