@@ -50,4 +50,9 @@ extension Populator {
         }
         return .madvisePopulateWrite(bytes: total)
     }
+
+    /// `prePopulate(vcpu:)`, recording the method in a population's report.
+    public func prePopulate(vcpu: VCPU, report: inout PopulateReport) throws(PopulateError) {
+        report.prePopulation = try prePopulate(vcpu: vcpu).description
+    }
 }
