@@ -94,8 +94,7 @@ extension FakeKVM {
         guard argument != 0 else { return 0 }
         var command: ckvm_sev_cmd = try load(argument)
         command.error = 0
-        var failure: Errno?
-        do throws(Errno) {
+        return try runCopyingBack(&command, to: argument) { (command) throws(Errno) in
             // Once an SNP guest is initialised, only SNP commands are accepted.
             if vm.snp?.initialised == true, vm.type == .snp, command.id < UInt32(CKVM_SEV_SNP_LAUNCH_START) {
                 throw .notPermitted
@@ -107,6 +106,17 @@ extension FakeKVM {
             case CKVM_SEV_SNP_LAUNCH_FINISH: try snpLaunchFinish(vm, &command)
             default: throw .invalidArgument
             }
+        }
+    }
+
+    /// Runs a VM-scope encrypt-op sub-command on its framing struct and
+    /// copies the struct back to userspace whatever happened, as
+    /// `sev_mem_enc_ioctl` and `tdx_vm_ioctl` do, before reporting the error.
+    func runCopyingBack<Command>(_ command: inout Command, to argument: UInt,
+                                 _ body: (inout Command) throws(Errno) -> Void) throws(Errno) -> Int {
+        var failure: Errno?
+        do throws(Errno) {
+            try body(&command)
         } catch {
             failure = error
         }

@@ -24,20 +24,14 @@ extension FakeKVM {
         }
         // Userspace must never set hw_error; the kernel fills it.
         guard command.hw_error == 0 else { throw .invalidArgument }
-        var failure: Errno?
-        do throws(Errno) {
+        return try runCopyingBack(&command, to: argument) { (command) throws(Errno) in
             switch Int32(command.id) {
             case CKVM_TDX_CAPABILITIES: try tdxCapabilities(command)
             case CKVM_TDX_INIT_VM: try tdxInitVM(vm, command)
             case CKVM_TDX_FINALIZE_VM: try tdxFinalize(vm, &command)
             default: throw .invalidArgument
             }
-        } catch {
-            failure = error
         }
-        try store(command, at: argument)
-        if let failure { throw failure }
-        return 0
     }
 
     /// KVM_TDX_CAPABILITIES (tdx_get_capabilities).
