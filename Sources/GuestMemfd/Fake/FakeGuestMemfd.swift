@@ -37,18 +37,7 @@ final class FakeGuestMemfd {
         self.vm = vm
         self.size = size
         self.flags = flags
-        let fd = ckvm_memfd_create("fake-guest-memfd", 1 /* MFD_CLOEXEC */)
-        guard fd >= 0 else { throw Errno(rawValue: -fd) }
-        guard ftruncate(fd, off_t(size)) == 0 else {
-            let error = Errno(rawValue: errno)
-            Glibc.close(fd)
-            throw error
-        }
-        guard let base = Glibc.mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
-            let error = Errno(rawValue: errno)
-            Glibc.close(fd)
-            throw error
-        }
+        let (fd, base) = try makeSharedMemory(name: "fake-guest-memfd", size: Int(size))
         backing = fd
         view = base
         // A file made with INIT_SHARED starts shared; otherwise its memory is private.
@@ -93,6 +82,21 @@ final class FakeGuestMemfd {
     func pageBytes(_ index: Int) -> UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(start: view + index * Int(pageSize), count: Int(pageSize))
     }
+}
+
+/// A memfd of `size` bytes and a shared mapping of all of it: the real
+/// memory behind a fake guest_memfd or a fake vCPU's kvm_run area.
+func makeSharedMemory(name: String, size: Int) throws(Errno) -> (fd: CInt, view: UnsafeMutableRawPointer) {
+    let fd = ckvm_memfd_create(name, 1 /* MFD_CLOEXEC */)
+    guard fd >= 0 else { throw Errno(rawValue: -fd) }
+    guard ftruncate(fd, off_t(size)) == 0,
+          let view = Glibc.mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), view != MAP_FAILED
+    else {
+        let error = Errno(rawValue: errno)
+        Glibc.close(fd)
+        throw error
+    }
+    return (fd, view)
 }
 
 /// Per-page state of a file, stored only for pages that differ from their

@@ -42,17 +42,7 @@ final class FakeVCPU {
         self.id = id
         self.vm = vm
         self.runSize = runSize
-        let fd = ckvm_memfd_create("fake-kvm-run", 1)
-        guard fd >= 0 else { throw Errno(rawValue: -fd) }
-        guard ftruncate(fd, off_t(runSize)) == 0,
-              let view = Glibc.mmap(nil, runSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), view != MAP_FAILED
-        else {
-            let error = Errno(rawValue: errno)
-            Glibc.close(fd)
-            throw error
-        }
-        runFD = fd
-        runView = view
+        (runFD, runView) = try makeSharedMemory(name: "fake-kvm-run", size: runSize)
         // The architectural reset state KVM gives a new vCPU (kvm_vcpu_reset):
         // CS 0xf000 with base 0xffff0000, RIP 0xfff0, RFLAGS bit 1.
         regs.rip = 0xFFF0
