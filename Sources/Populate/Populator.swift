@@ -97,6 +97,11 @@ public final class Populator {
         var tdx = TDXMeasurement()
         var cca = CCARealmMeasurement(parameters: (backend as? CCABackend)?.parameters ?? CCABackend.defaultParameters)
         for (index, region) in plan.regions.enumerated() {
+            if capabilities.platform == .plain {
+                try writeInPlace(region, index: index, state: &state)
+                clock.lap("fill")
+                continue
+            }
             let contents: [UInt8]
             do {
                 contents = try LaunchPlan.pageContents(of: region, index: index)
@@ -214,6 +219,53 @@ public final class Populator {
         if platform == .cca, region.kind != .zero, let last = state.ledger.records.indices.last {
             state.ledger.records[last].digest = cca.rim
         }
+    }
+
+    /// Writes a region of a plain guest straight into its guest_memfd
+    /// mapping: a file is read into guest memory with pread (one copy, from
+    /// the page cache) and the rest of the region is zero-filled. Nothing is
+    /// measured, so no copy of the contents is kept.
+    private func writeInPlace(_ region: PlanRegion, index: Int, state: inout PopulationState) throws(PopulateError) {
+        let range = region.range
+        // validate() has put the region inside one slot.
+        guard let (slot, offset) = memory.locate(range.start.rawValue) else {
+            throw state.failure(.contents("no memory slot holds \(range.start)"), region: region)
+        }
+        let size = Int(range.size)
+        var filled = 0
+        func memoryStep(_ body: () throws(KVMError) -> Void) throws(PopulateError) {
+            do { try body() } catch { throw state.failure(.kernel(error), region: region, next: range.start.rawValue) }
+        }
+        func contentsFailure(_ error: ExpectedMeasurementError) -> PopulateError {
+            state.failure(.contents(error.description), region: region, next: range.start.rawValue)
+        }
+        switch region.contents {
+        case .bytes(let bytes):
+            try memoryStep { () throws(KVMError) in try slot.mapping.write(bytes, at: offset) }
+            filled = bytes.count
+        case .file(let path, let fileOffset, let length):
+            try memoryStep { () throws(KVMError) in try slot.mapping.populateWrite(offset: offset, count: Int(length)) }
+            let destination = UnsafeMutableRawBufferPointer(start: slot.mapping.base + offset, count: Int(length))
+            do {
+                filled = try FileBytes.read(path, offset: fileOffset, into: destination)
+            } catch {
+                throw contentsFailure(.unreadable(index: index, region: region.name, error: error))
+            }
+            guard filled == Int(length) else {
+                throw contentsFailure(.shortFile(index: index, region: region.name, expected: length, read: UInt64(filled)))
+            }
+        case .zeros:
+            break
+        }
+        if size > filled {
+            try memoryStep { () throws(KVMError) in try slot.mapping.fill(0, at: offset + filled, count: size - filled) }
+        }
+        state.report.pagesByKind[region.kind, default: 0] += range.pageCount
+        state.report.countUnits(range)
+        state.report.bytesCopied += UInt64(size)
+        state.ledger.records.append(LedgerRecord(call: backend.callName, gpa: range.start.rawValue, pages: range.pageCount,
+                                                 type: region.kind.rawValue, pageHashes: [], digest: nil))
+        state.populated.append(range)
     }
 
     /// Writes a region's bytes through the guest_memfd mappings that hold it.

@@ -16,8 +16,7 @@ enum EmulatedLaunch {
         do {
             result = try launch(setup, platform: platform, memorySize: memorySize, cpus: cpus, slots: slots)
         } catch let error as PopulateError {
-            if case .plan(let planError) = error.reason { throw .plan(planError) }
-            throw .engine(error.description)
+            throw PopulateFailure(error)
         } catch let error as KVMError {
             throw .engine("setting up the emulated \(platform.rawValue) launch: \(error)")
         } catch {
@@ -30,14 +29,14 @@ enum EmulatedLaunch {
         if let ledgerPath {
             let text = Array(result.ledger.jsonLines.utf8)
             let fd = open(ledgerPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            guard fd >= 0 else { throw .file(region: "ledger", path: ledgerPath, reason: String(cString: strerror(errno))) }
+            guard fd >= 0 else { throw .file(path: ledgerPath, reason: String(cString: strerror(errno))) }
             defer { close(fd) }
             var done = 0
             while done < text.count {
                 let written = text.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
                 if written < 0 {
                     if errno == EINTR { continue }
-                    throw .file(region: "ledger", path: ledgerPath, reason: String(cString: strerror(errno)))
+                    throw .file(path: ledgerPath, reason: String(cString: strerror(errno)))
                 }
                 done += written
             }

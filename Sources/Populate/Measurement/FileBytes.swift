@@ -43,15 +43,27 @@ public enum FileBytes {
     /// `length` bytes of the file at `path` starting at `offset`; fewer where
     /// the file ends first.
     public static func read(_ path: String, offset: UInt64, length: UInt64) throws(FileReadError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: Int(length))
+        let done = try bytes.withUnsafeMutableBytes { raw in
+            Result { () throws(FileReadError) in try read(path, offset: offset, into: raw) }
+        }.get()
+        return Array(bytes[0..<done])
+    }
+
+    /// Reads the file at `path` from `offset` into `destination` with
+    /// pread, stopping where the file ends; returns the bytes read.
+    public static func read(_ path: String, offset: UInt64, into destination: UnsafeMutableRawBufferPointer)
+        throws(FileReadError) -> Int
+    {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw FileReadError(path: path, errno: errno, operation: "open") }
         defer { close(fd) }
-        var bytes = [UInt8](repeating: 0, count: Int(length))
+        guard let base = destination.baseAddress else { return 0 }
         var done = 0
-        while done < bytes.count {
-            let count = bytes.withUnsafeMutableBytes {
-                pread(fd, $0.baseAddress! + done, $0.count - done, off_t(offset) + off_t(done))
-            }
+        while done < destination.count {
+            // pread moves at most about 2 GiB per call.
+            let chunk = min(destination.count - done, 1 << 30)
+            let count = pread(fd, base + done, chunk, off_t(offset) + off_t(done))
             if count < 0 {
                 if errno == EINTR { continue }
                 throw FileReadError(path: path, errno: errno, operation: "read")
@@ -59,6 +71,6 @@ public enum FileBytes {
             if count == 0 { break }
             done += count
         }
-        return Array(bytes[0..<done])
+        return done
     }
 }

@@ -333,7 +333,7 @@ enum RunCommand {
             try EmulatedLaunch.perform(setup, platform: options.platform, memorySize: options.memory, cpus: options.cpus,
                                        slots: machine.slots, ledgerPath: options.ledger)
         }
-        try populate(plan: setup.plan, into: machine.memory, slots: machine.slots)
+        try machine.populatePlain(setup.plan)
     }
 }
 

@@ -155,7 +155,7 @@ struct RealBootTests {
                        contents: .file(path: file, offset: 100, length: 50)),
             PlanRegion(name: "zeros", range: GuestRange(start: 0x20_0000, size: 0x1000), contents: .zeros, kind: .zero),
         ])
-        try populate(plan: plan, into: machine.memory, slots: machine.slots)
+        try machine.populatePlain(plan)
         #expect(try machine.memory.read(at: 0x1000, count: 4) == [1, 2, 3, 0])
         #expect(try machine.memory.read(at: 0x2FFF, count: 2) == [0, 0xAA])
         #expect(try machine.memory.read(at: 0x10_0000, count: 51) == Array(100..<150).map { UInt8($0) } + [0])
@@ -169,7 +169,7 @@ struct RealBootTests {
             PlanRegion(name: "first", range: GuestRange(start: 0x1000, size: 0x1000), contents: .bytes([7])),
             PlanRegion(name: "beyond", range: GuestRange(start: 0x40_0000, size: 0x1000), contents: .bytes([8])),
         ])
-        #expect(throws: PopulateFailure.self) { try populate(plan: plan, into: machine.memory, slots: machine.slots) }
+        #expect(throws: PopulateFailure.self) { try machine.populatePlain(plan) }
         #expect(try machine.memory.read(at: 0x1000, count: 1) == [0])
     }
 }

@@ -1,0 +1,64 @@
+import GuestMemfd
+import Populate
+
+/// One memslot of the guest: a guest-physical range and where it starts in
+/// the guest_memfd (and so in the guest_memfd's mapping).
+struct MemorySlot: Equatable, Sendable {
+    var slot: UInt32
+    var range: GuestRange
+    var offset: UInt64
+
+    /// The mapping offset of `address`, which the caller knows lies in `range`.
+    func offset(of address: GuestPhysicalAddress) -> UInt64 { offset + (address.rawValue - range.start.rawValue) }
+}
+
+/// Why filling guest memory stopped before the guest could run.
+enum PopulateFailure: Error, CustomStringConvertible {
+    /// The plan breaks a rule; nothing was written.
+    case plan(PlanError)
+    /// The population engine stopped; the error lists what was populated.
+    case populate(PopulateError)
+    /// A file the run writes (the ledger) could not be written.
+    case file(path: String, reason: String)
+    /// The emulated platform's launch failed.
+    case engine(String)
+
+    /// Wraps a population error, keeping an invalid plan apart.
+    init(_ error: PopulateError) {
+        if case .plan(let planError) = error.reason { self = .plan(planError) } else { self = .populate(error) }
+    }
+
+    var description: String {
+        switch self {
+        case .plan(let error): error.description
+        case .populate(let error): "populating guest memory: \(error)"
+        case .file(let path, let reason): "writing '\(path)': \(reason)"
+        case .engine(let reason): reason
+        }
+    }
+}
+
+extension Machine {
+    /// Guest memory as the population engine sees it: the slots over the one mapping.
+    var memoryLayout: GuestMemoryLayout {
+        GuestMemoryLayout(slots: slots.map { .init(range: $0.range, mapping: memory, fileOffset: $0.offset) })
+    }
+
+    /// Fills guest memory from `plan` for a guest with no confidential
+    /// platform, through the population engine's plain backend: every
+    /// region is written in place through the guest_memfd's shared mapping,
+    /// its contents first and zeros after them, and nothing is measured.
+    /// Memory outside the regions keeps the zeros guest_memfd starts with.
+    ///
+    /// - Throws: `.plan` before anything is written when the plan is
+    ///   invalid, otherwise the engine's error naming the region and what
+    ///   was written before it.
+    @discardableResult
+    func populatePlain(_ plan: LaunchPlan) throws(PopulateFailure) -> PopulateResult {
+        do {
+            return try Populator(backend: PlainBackend(), memory: memoryLayout).populate(plan)
+        } catch {
+            throw PopulateFailure(error)
+        }
+    }
+}
