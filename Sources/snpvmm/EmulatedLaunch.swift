@@ -67,7 +67,8 @@ enum EmulatedLaunch {
             if type == .tdx { try TDX(vm: vm).initVCPU(vcpu) }
             vcpus.append(vcpu)
         }
-        try Machine.apply(setup.cpu, to: vcpus[0])
+        // A TD's vCPUs start in the state the TDX module gives them; the host cannot set it.
+        if type != .tdx { try Machine.apply(setup.cpu, to: vcpus[0]) }
         let memfd = try vm.createGuestMemfd(size: memorySize, flags: [.mmap])
         let mapping = try memfd.map()
         var layout: [GuestMemoryLayout.Slot] = []

@@ -505,7 +505,15 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
     // MARK: vCPU ioctls (kvm_vcpu_ioctl, kvm_arch_vcpu_ioctl)
 
     private func vcpuIoctl(_ vcpu: FakeVCPU, _ request: UInt, _ argument: UInt) throws(Errno) -> Int {
-        switch Ioctl(request: request) {
+        let ioctl = Ioctl(request: request)
+        if let ioctl, [.getRegs, .setRegs, .getSregs, .setSregs].contains(ioctl), guestStateProtected(vcpu) {
+            // kvm_arch_vcpu_ioctl_{get,set}_{regs,sregs}: EINVAL once the
+            // state lives in encrypted memory (has_protected_state and
+            // guest_state_protected: an SNP VMSA after LAUNCH_FINISH, every
+            // vCPU of a TD without the DEBUG attribute, tdx_vcpu_create).
+            throw .invalidArgument
+        }
+        switch ioctl {
         case .run?:
             try run(vcpu)
             return 0
@@ -541,6 +549,14 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
             // kvm_arch_vcpu_ioctl answers unknown requests with EINVAL.
             throw .invalidArgument
         }
+    }
+
+    /// Whether the vCPU's register state is encrypted and out of the host's reach.
+    private func guestStateProtected(_ vcpu: FakeVCPU) -> Bool {
+        if vcpu.vm.snp?.finished == true { return true }
+        // TDX_TD_ATTR_DEBUG is attribute bit 0.
+        if vcpu.vm.type == .tdx { return (vcpu.vm.td?.attributes ?? 0) & 1 == 0 }
+        return false
     }
 
     /// KVM_PRE_FAULT_MEMORY (kvm_vcpu_pre_fault_memory, kvm_arch_vcpu_pre_fault_memory).

@@ -257,10 +257,13 @@ func pattern(_ pages: Int, seed: UInt8) -> [UInt8] {
         #expect(kvmError { _ = try guest.vcpu.run() }?.errno == .invalidArgument)
         #expect(kvmError { _ = try guest.vcpu.preFaultMemory(GuestRange(start: 0, size: 0x1000)) }?.errno == .notSupported)
 
-        try guest.snp.launchFinish()
         let vmsas = try [guest.vcpu, second].map { vcpu in
             SNPVMSA(regs: try vcpu.getRegs(), sregs: try vcpu.getSregs(), sevFeatures: 0).page
         }
+        try guest.snp.launchFinish()
+        // The registers now live in the encrypted VMSAs.
+        #expect(kvmError { _ = try second.getRegs() }?.errno == .invalidArgument)
+        #expect(kvmError { try second.setRegs(regs) }?.errno == .invalidArgument)
         #expect(guest.fake.launchMeasurement(of: guest.vm) == expectedSNPDigest([
             (0, 1, pattern(1, seed: 2)), (0xFFFF_FFFF_F000, 2, vmsas[0]), (0xFFFF_FFFF_F000, 2, vmsas[1]),
         ]))

@@ -160,6 +160,9 @@ struct FakeTD {
         try tdx.initVM(attributes: 0, xfam: 3)
         #expect(kvmError { try tdx.initVM(attributes: 0, xfam: 3) }?.errno == .invalidArgument)
         let vcpu = try vm.createVCPU(id: 0)
+        // Without the DEBUG attribute a TD's register state is the TDX module's alone.
+        #expect(kvmError { _ = try vcpu.getRegs() }?.errno == .invalidArgument)
+        #expect(kvmError { try vcpu.setSregs(kvm_sregs()) }?.errno == .invalidArgument)
         try tdx.initVCPU(vcpu, rcx: 0x1234)
         #expect(kvmError { try tdx.initVCPU(vcpu) }?.errno == .invalidArgument)
         #expect(kvmError { _ = try vcpu.run() }?.errno == .invalidArgument)
