@@ -156,6 +156,12 @@ public final class VCPU: KernelObject {
         }
     }
 
+    /// Sets the value a `KVM_EXIT_HYPERCALL` returns to the guest when the
+    /// vCPU next runs (`kvm_run.hypercall.ret`: 0, or a negative errno).
+    public func setHypercallResult(_ value: Int64) {
+        state.pointee.hypercall.ret = UInt64(bitPattern: value)
+    }
+
     /// Reads the general-purpose registers.
     ///
     /// The corresponding ioctl is `KVM_GET_REGS` (vCPU ioctl).

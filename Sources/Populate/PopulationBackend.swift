@@ -104,13 +104,26 @@ extension PopulationBackend {
 public struct GuestMemoryLayout {
     public struct Slot {
         public var range: GuestRange
-        public var mapping: GuestMemoryMapping
+        /// The guest_memfd behind the range.
+        public var memfd: GuestMemfd
+        /// The host's mapping of `memfd`, through which in-place population
+        /// writes; nil where guest_memfd holds only private memory.
+        public var mapping: GuestMemoryMapping?
         /// The slot's first byte in the guest_memfd file.
         public var fileOffset: UInt64
 
         public init(range: GuestRange, mapping: GuestMemoryMapping, fileOffset: UInt64 = 0) {
             self.range = range
+            self.memfd = mapping.memfd
             self.mapping = mapping
+            self.fileOffset = fileOffset
+        }
+
+        /// A slot whose guest_memfd has no host mapping: only the separate-source policy can fill it.
+        public init(range: GuestRange, memfd: GuestMemfd, fileOffset: UInt64 = 0) {
+            self.range = range
+            self.memfd = memfd
+            self.mapping = nil
             self.fileOffset = fileOffset
         }
     }
@@ -123,5 +136,31 @@ public struct GuestMemoryLayout {
     func locate(_ gpa: UInt64) -> (slot: Slot, offset: Int)? {
         guard let slot = slots.first(where: { $0.range.contains(GuestPhysicalAddress(gpa)) }) else { return nil }
         return (slot, Int(slot.fileOffset + gpa - slot.range.start.rawValue))
+    }
+}
+
+extension GuestMemoryLayout {
+    /// Makes `range` private or shared: with `KVM_SET_MEMORY_ATTRIBUTES` on
+    /// the VM, or, where guest_memfd keeps the attributes itself (in-place
+    /// conversion), with `KVM_SET_MEMORY_ATTRIBUTES2` on each guest_memfd
+    /// behind the range. A VMM calls this for the guest's conversion
+    /// requests too (`KVM_HC_MAP_GPA_RANGE`, `KVM_EXIT_MEMORY_FAULT`).
+    public func convert(_ range: GuestRange, toPrivate: Bool, vm: VM, inGuestMemfd: Bool) throws(KVMError) {
+        let attributes: MemoryAttributes = toPrivate ? .private : []
+        guard inGuestMemfd else {
+            try vm.setMemoryAttributes(range, attributes: attributes)
+            return
+        }
+        var gpa = range.start.rawValue
+        let end = gpa + range.size
+        while gpa < end {
+            guard let (slot, offset) = locate(gpa) else {
+                throw KVMError(.ioctl(.setMemoryAttributes2), on: .guestMemfd, fd: -1, errno: .invalidArgument,
+                               range: GuestRange(start: gpa, size: end - gpa), detail: "no guest_memfd slot holds this range")
+            }
+            let size = min(end, slot.range.start.rawValue + slot.range.size) - gpa
+            try slot.memfd.setMemoryAttributes2(offset: UInt64(offset), size: size, attributes: attributes)
+            gpa += size
+        }
     }
 }

@@ -62,8 +62,14 @@ public final class Populator {
     /// The policy `options` and the platform's capabilities give.
     public func policy() throws(PopulateError) -> PopulationPolicy {
         let capabilities = backend.capabilities
+        let mapped = memory.slots.allSatisfy { $0.mapping != nil }
+        if capabilities.platform == .plain || (options.policy == .inPlace && capabilities.populatesInPlace) {
+            if let unmapped = memory.slots.first(where: { $0.mapping == nil }) {
+                throw PopulateError(.policy("in-place population writes through the guest_memfd mapping, and the slot at \(unmapped.range) has none"))
+            }
+        }
         if capabilities.platform == .plain { return .inPlace }
-        let chosen = options.policy ?? (capabilities.populatesInPlace ? .inPlace : .separateSource)
+        let chosen = options.policy ?? (capabilities.populatesInPlace && mapped ? .inPlace : .separateSource)
         if chosen == .inPlace, !capabilities.populatesInPlace {
             let why = capabilities.platform == .cca
                 ? "delegating a granule to the realm scrubs it, so CCA always copies from a separate source"
@@ -228,8 +234,8 @@ public final class Populator {
     private func writeInPlace(_ region: PlanRegion, index: Int, state: inout PopulationState) throws(PopulateError) {
         let range = region.range
         // validate() has put the region inside one slot.
-        guard let (slot, offset) = memory.locate(range.start.rawValue) else {
-            throw state.failure(.contents("no memory slot holds \(range.start)"), region: region)
+        guard let (slot, offset) = memory.locate(range.start.rawValue), let mapping = slot.mapping else {
+            throw state.failure(.contents("no mapped memory slot holds \(range.start)"), region: region)
         }
         let size = Int(range.size)
         var filled = 0
@@ -241,11 +247,11 @@ public final class Populator {
         }
         switch region.contents {
         case .bytes(let bytes):
-            try memoryStep { () throws(KVMError) in try slot.mapping.write(bytes, at: offset) }
+            try memoryStep { () throws(KVMError) in try mapping.write(bytes, at: offset) }
             filled = bytes.count
         case .file(let path, let fileOffset, let length):
-            try memoryStep { () throws(KVMError) in try slot.mapping.populateWrite(offset: offset, count: Int(length)) }
-            let destination = UnsafeMutableRawBufferPointer(start: slot.mapping.base + offset, count: Int(length))
+            try memoryStep { () throws(KVMError) in try mapping.populateWrite(offset: offset, count: Int(length)) }
+            let destination = UnsafeMutableRawBufferPointer(start: mapping.base + offset, count: Int(length))
             do {
                 filled = try FileBytes.read(path, offset: fileOffset, into: destination)
             } catch {
@@ -258,7 +264,7 @@ public final class Populator {
             break
         }
         if size > filled {
-            try memoryStep { () throws(KVMError) in try slot.mapping.fill(0, at: offset + filled, count: size - filled) }
+            try memoryStep { () throws(KVMError) in try mapping.fill(0, at: offset + filled, count: size - filled) }
         }
         state.report.pagesByKind[region.kind, default: 0] += range.pageCount
         state.report.countUnits(range)
@@ -272,14 +278,14 @@ public final class Populator {
     private func writeThroughMappings(_ contents: [UInt8], at gpa: UInt64, state: inout PopulationState) throws(PopulateError) {
         var done = 0
         while done < contents.count {
-            guard let (slot, offset) = memory.locate(gpa + UInt64(done)) else {
-                throw state.failure(.contents("no memory slot holds \(GuestPhysicalAddress(gpa + UInt64(done)))"))
+            guard let (slot, offset) = memory.locate(gpa + UInt64(done)), let mapping = slot.mapping else {
+                throw state.failure(.contents("no mapped memory slot holds \(GuestPhysicalAddress(gpa + UInt64(done)))"))
             }
             let inSlot = min(contents.count - done, Int(slot.range.start.rawValue + slot.range.size - gpa) - done)
             do {
                 try contents.withUnsafeBytes { raw in
                     Result { () throws(KVMError) in
-                        try slot.mapping.write(UnsafeRawBufferPointer(rebasing: raw[done..<(done + inSlot)]), at: offset)
+                        try mapping.write(UnsafeRawBufferPointer(rebasing: raw[done..<(done + inSlot)]), at: offset)
                     }
                 }.get()
             } catch {

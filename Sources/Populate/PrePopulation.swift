@@ -44,7 +44,8 @@ extension Populator {
             return .none(reason: "private memory cannot be touched by the host, and this host has no KVM_PRE_FAULT_MEMORY")
         }
         for slot in memory.slots {
-            do { try slot.mapping.populateWrite(offset: Int(slot.fileOffset), count: Int(slot.range.size)) } catch {
+            guard let mapping = slot.mapping else { continue }
+            do { try mapping.populateWrite(offset: Int(slot.fileOffset), count: Int(slot.range.size)) } catch {
                 throw PopulateError(.kernel(error))
             }
         }

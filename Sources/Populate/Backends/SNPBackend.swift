@@ -72,23 +72,7 @@ extension PageKind {
     }
 }
 
-/// Makes a range private: through KVM_SET_MEMORY_ATTRIBUTES2 on each
-/// guest_memfd where guest_memfd holds the attributes (hosts that convert in
-/// place, whichever policy is used), else KVM_SET_MEMORY_ATTRIBUTES on the VM.
+/// Makes a range private before it is populated (see `GuestMemoryLayout.convert`).
 func convertToPrivate(_ range: GuestRange, inGuestMemfd: Bool, vm: VM, memory: GuestMemoryLayout) throws(KVMError) {
-    guard inGuestMemfd else {
-        try vm.setMemoryAttributes(range, attributes: .private)
-        return
-    }
-    var gpa = range.start.rawValue
-    let end = gpa + range.size
-    while gpa < end {
-        guard let (slot, offset) = memory.locate(gpa) else {
-            throw KVMError(.ioctl(.setMemoryAttributes2), on: .guestMemfd, fd: -1, errno: .invalidArgument,
-                           range: GuestRange(start: gpa, size: end - gpa), detail: "no guest_memfd slot holds this range")
-        }
-        let size = min(end, slot.range.start.rawValue + slot.range.size) - gpa
-        try slot.mapping.memfd.setMemoryAttributes2(offset: UInt64(offset), size: size, attributes: .private)
-        gpa += size
-    }
+    try memory.convert(range, toPrivate: true, vm: vm, inGuestMemfd: inGuestMemfd)
 }
