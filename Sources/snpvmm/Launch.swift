@@ -4,6 +4,61 @@ import Glibc
 import GuestMemfd
 import Populate
 
+/// The SEV-SNP launch of a machine on a host that offers SEV-SNP: the boot
+/// state goes into vCPU 0 first, because LAUNCH_FINISH seals the registers
+/// into the encrypted VMSA, then LAUNCH_START, the plan through the
+/// population engine, and LAUNCH_FINISH.
+enum SNPLaunch {
+    /// The guest policy: SMT allowed (bit 16) and the must-be-one bit 17; ABI 0.0.
+    static let policy: UInt64 = 0x30000
+
+    static func perform(_ setup: BootSetup, machine: Machine) throws(PopulateFailure) -> PopulateResult {
+        guard let snp = machine.snp else { throw .engine("the machine was not created for SEV-SNP") }
+        do {
+            try Machine.apply(setup.cpu, to: machine.vcpus[0])
+            try snp.launchStart(policy: policy)
+        } catch {
+            throw .engine("starting the SEV-SNP launch: \(error)")
+        }
+        let backend: SNPBackend
+        do {
+            backend = try SNPBackend(vm: machine.vm, snp: snp, memory: machine.memoryLayout, vcpus: machine.vcpus)
+        } catch {
+            throw .engine("starting the SEV-SNP launch: \(error)")
+        }
+        do {
+            return try Populator(backend: backend, memory: machine.memoryLayout).populate(setup.plan)
+        } catch {
+            throw PopulateFailure(error)
+        }
+    }
+}
+
+/// Prints a confidential launch's measurement and report on standard error
+/// and writes its ledger where asked.
+enum LaunchReport {
+    static func print(_ result: PopulateResult, label: String, ledgerPath: String?) throws(PopulateFailure) {
+        var standardError = StandardError()
+        let measurement = result.expectedMeasurement.map { SHA384Digest.hexString($0) } ?? "none"
+        Swift.print("snpvmm: \(label) launch measurement \(measurement)", to: &standardError)
+        for line in result.report.description.split(separator: "\n") { Swift.print("snpvmm:   \(line)", to: &standardError) }
+        guard let ledgerPath else { return }
+        let text = Array(result.ledger.jsonLines.utf8)
+        let fd = open(ledgerPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .file(path: ledgerPath, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var done = 0
+        while done < text.count {
+            let written = text.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw .file(path: ledgerPath, reason: String(cString: strerror(errno)))
+            }
+            done += written
+        }
+    }
+}
+
 /// `snpvmm run --platform snp|tdx|cca --emulate`: the confidential launch of
 /// the same plan, performed by the fake platform firmware (FakeKVM) through
 /// the Populate engine, before the guest runs on this host's default VM.
@@ -22,25 +77,7 @@ enum EmulatedLaunch {
         } catch {
             throw .engine("\(error)")
         }
-        var standardError = StandardError()
-        let measurement = result.expectedMeasurement.map { hexString($0) } ?? "none"
-        print("snpvmm: emulated \(platform.rawValue) launch measurement \(measurement)", to: &standardError)
-        for line in result.report.description.split(separator: "\n") { print("snpvmm:   \(line)", to: &standardError) }
-        if let ledgerPath {
-            let text = Array(result.ledger.jsonLines.utf8)
-            let fd = open(ledgerPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            guard fd >= 0 else { throw .file(path: ledgerPath, reason: String(cString: strerror(errno))) }
-            defer { close(fd) }
-            var done = 0
-            while done < text.count {
-                let written = text.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    throw .file(path: ledgerPath, reason: String(cString: strerror(errno)))
-                }
-                done += written
-            }
-        }
+        try LaunchReport.print(result, label: "emulated \(platform.rawValue)", ledgerPath: ledgerPath)
     }
 
     /// Builds the platform's guest on the fake (VM type, platform init,
@@ -88,9 +125,5 @@ enum EmulatedLaunch {
         default: backend = CCABackend(vm: vm)
         }
         return try Populator(backend: backend, memory: memory).populate(setup.plan)
-    }
-
-    static func hexString(_ bytes: [UInt8]) -> String {
-        bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
     }
 }

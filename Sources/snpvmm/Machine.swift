@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CKVMHeaders
 import GuestMemfd
+import Populate
 import Synchronization
 
 /// Why a run could not go on, as opposed to the guest ending it.
@@ -31,45 +32,84 @@ enum MachineFailure: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// A plain x86 virtual machine on KVM: guest_memfd RAM in one or two
-/// memslots, the in-kernel interrupt controllers and PIT, vCPUs with the
-/// host's supported CPUID, and the port devices of `Devices/`.
+/// An x86 virtual machine on KVM: guest_memfd RAM in one or two memslots,
+/// the in-kernel interrupt controllers and PIT, vCPUs with the host's
+/// supported CPUID, and the port devices of `Devices/`.
 ///
-/// Guest RAM is one guest_memfd created with MMAP | INIT_SHARED, mapped
-/// once; below 3 GiB it is one slot, and beyond that the rest continues in
-/// a second slot at 4 GiB (`Layout.ramRanges`). Every slot names the
-/// mapping as its `userspace_addr`, because KVM's instruction emulator reads
-/// guest memory through it.
+/// Guest RAM is one guest_memfd, mapped once; below 3 GiB it is one slot,
+/// and beyond that the rest continues in a second slot at 4 GiB
+/// (`Layout.ramRanges`).
+///
+/// A plain machine creates the guest_memfd with MMAP | INIT_SHARED and
+/// names the mapping as every slot's `userspace_addr`, because KVM's
+/// instruction emulator reads guest memory through it. An SEV-SNP machine
+/// (`platform: .snp`) is created with the SNP VM type and KVM_SEV_INIT2
+/// before its vCPUs exist; where guest_memfd converts in place the slots
+/// name its mapping as well, otherwise guest_memfd holds only private
+/// memory and the slots' shared side is anonymous memory, and all RAM is
+/// made private up front, as the guest expects of its memory.
 final class Machine {
     let vm: VM
-    let memory: GuestMemoryMapping
+    let platform: Platform
+    /// Guest RAM.
+    let memfd: GuestMemfd
+    /// The host's mapping of `memfd`; nil where guest_memfd holds only private memory.
+    let memory: GuestMemoryMapping?
+    /// The shared side of the slots where guest_memfd holds only private memory.
+    let sharedMemory: AnonymousMemory?
+    /// Whether guest_memfd keeps the memory attributes (in-place conversion).
+    let convertsInGuestMemfd: Bool
+    /// The SEV-SNP firmware interface of an SNP machine.
+    let snp: SEVSNP?
     let slots: [MemorySlot]
     let vcpus: [VCPU]
     let bus = PortIOBus()
 
     /// - Parameters:
-    ///   - vmType: the VM type; a confidential platform passes its own.
-    ///   - memoryFlags: the guest_memfd's flags; the host must be able to map it, so MMAP is needed.
+    ///   - platform: `.plain` or `.snp`; the caller has checked that the host offers it.
     ///   - output: receives the bytes the guest writes to its serial port.
-    init(kvm: KVM, vmType: VMType = .default, memoryFlags: GuestMemfdFlags = [.mmap, .initShared], memorySize: UInt64,
-         cpus: Int, output: @escaping @Sendable ([UInt8]) -> Void) throws(KVMError) {
-        vm = try kvm.createVM(type: vmType)
+    init(kvm: KVM, platform: Platform = .plain, memorySize: UInt64, cpus: Int,
+         output: @escaping @Sendable ([UInt8]) -> Void) throws(KVMError) {
+        precondition(platform == .plain || platform == .snp, "snpvmm runs plain and SEV-SNP machines")
+        self.platform = platform
+        vm = try kvm.createVM(type: platform.vmType)
+        // KVM_SEV_INIT2 must come before the first vCPU (sev_guest_init).
+        snp = platform == .snp ? try SEVSNP(vm: vm) : nil
+        try snp?.init2()
         // Intel's real-mode support needs these pages reserved below 4 GiB; they lie in the device hole.
         try vm.setTSSAddr(Layout.kvmTSS)
         try vm.setIdentityMapAddr(Layout.kvmIdentityMap)
 
-        let memfd = try vm.createGuestMemfd(size: memorySize, flags: memoryFlags)
-        memory = try memfd.map()
+        let attributesInGuestMemfd = platform == .plain ? 0 : try vm.checkExtension(.guestMemfdMemoryAttributes)
+        convertsInGuestMemfd = attributesInGuestMemfd != 0
+        let shared = platform == .plain || convertsInGuestMemfd
+        // Without MMAP a slot's shared accesses go to its userspace_addr; with it
+        // KVM would serve them from guest_memfd too (KVM_MEMSLOT_GMEM_ONLY).
+        memfd = try vm.createGuestMemfd(size: memorySize, flags: shared ? [.mmap, .initShared] : [])
+        memory = shared ? try memfd.map() : nil
+        sharedMemory = shared ? nil : try AnonymousMemory(size: memorySize)
         var slots: [MemorySlot] = []
         var offset: UInt64 = 0
         for (index, range) in Layout.ramRanges(memorySize: memorySize).enumerated() {
             let slot = MemorySlot(slot: UInt32(index), range: GuestRange(start: range.start, size: range.size), offset: offset)
+            let userspaceAddress = (sharedMemory?.address ?? memory?.userspaceAddress ?? 0) + offset
             try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: slot.slot, guestPhysicalAddress: range.start,
-                                                          mapping: memory, offset: offset, size: range.size))
+                                                          size: range.size, memfd: memfd, offset: offset,
+                                                          userspaceAddress: userspaceAddress))
             slots.append(slot)
             offset += range.size
         }
         self.slots = slots
+        if platform != .plain {
+            // Page-state changes reach the VMM as KVM_HC_MAP_GPA_RANGE exits where
+            // KVM offers them; otherwise as memory-fault exits on first access.
+            let exits = try vm.checkExtension(.exitHypercall)
+            let mapGPARange = 1 << Int(CKVM_HC_MAP_GPA_RANGE)
+            if exits & mapGPARange != 0 { try vm.enableCap(.exitHypercall, arguments: [UInt64(mapGPARange)]) }
+            if !convertsInGuestMemfd {
+                for slot in slots { try vm.setMemoryAttributes(slot.range, attributes: .private) }
+            }
+        }
         // The interrupt controllers come after the RAM slots: on this project's
         // shadow-paging hosts, adding a 256 MiB slot to a VM that already has
         // an irqchip took 6.7 ms instead of 0.2 ms (measured with strace -T).
@@ -220,9 +260,21 @@ final class Machine {
                 // Nothing is mapped there: reads see all ones, writes are dropped.
                 if !access.isWrite { for index in access.data.indices { access.data[index] = 0xFF } }
             case .hlt:
-                // Only without the in-kernel irqchip; kept for completeness.
-                if let regs = try? vcpu.getRegs(), regs.rflags & Self.interruptFlag == 0 {
+                // Only without the in-kernel irqchip; kept for completeness. A
+                // protected vCPU's flags cannot be read: nothing here wakes it.
+                let regs = try? vcpu.getRegs()
+                if regs.map({ $0.rflags & Self.interruptFlag == 0 }) ?? true {
                     control.finish(.success(.haltedWithInterruptsOff))
+                }
+            case .hypercall(let number, let arguments) where number == UInt64(CKVM_HC_MAP_GPA_RANGE):
+                vcpu.setHypercallResult(mapGPARange(arguments))
+            case .memoryFault(let fault):
+                // The guest touched memory as private while it was shared or the
+                // other way round: an implicit conversion request (KVM_EXIT_MEMORY_FAULT).
+                do {
+                    try convert(fault.range, toPrivate: fault.isPrivate)
+                } catch {
+                    control.finish(.failure(.kvm(error)))
                 }
             case .shutdown:
                 control.finish(.success(.tripleFault))
@@ -236,6 +288,51 @@ final class Machine {
                 control.finish(.failure(.unexpectedExit("\(other)", vcpu: vcpu.id)))
             }
         }
+    }
+
+    /// Guest memory as the population engine and conversions see it.
+    var memoryLayout: GuestMemoryLayout {
+        GuestMemoryLayout(slots: slots.map { slot in
+            memory.map { GuestMemoryLayout.Slot(range: slot.range, mapping: $0, fileOffset: slot.offset) }
+                ?? GuestMemoryLayout.Slot(range: slot.range, memfd: memfd, fileOffset: slot.offset)
+        })
+    }
+
+    /// Makes `range` private or shared at the guest's request. Where
+    /// guest_memfd holds only private memory, pages made shared are also
+    /// punched out of it: their private contents are gone for good, and the
+    /// host gets the memory back.
+    func convert(_ range: GuestRange, toPrivate: Bool) throws(KVMError) {
+        try memoryLayout.convert(range, toPrivate: toPrivate, vm: vm, inGuestMemfd: convertsInGuestMemfd)
+        guard !toPrivate, !convertsInGuestMemfd else { return }
+        for slot in slots where slot.range.overlaps(range) {
+            let start = max(slot.range.start.rawValue, range.start.rawValue)
+            let end = min(slot.range.start.rawValue + slot.range.size, range.start.rawValue + range.size)
+            try memfd.punchHole(offset: slot.offset(of: GuestPhysicalAddress(start)), length: end - start)
+        }
+    }
+
+    /// `KVM_HC_MAP_GPA_RANGE` (Documentation/virt/kvm/x86/hypercalls.rst):
+    /// arguments are the first GPA, the page count and the attributes (bit 4
+    /// set: encrypted, i.e. private). KVM has already checked alignment and
+    /// overflow. Returns 0, or -EINVAL (KVM_EINVAL) for a range outside RAM
+    /// or a conversion the kernel refused.
+    func mapGPARange(_ arguments: [UInt64]) -> Int64 {
+        let gpa = arguments[0], pages = arguments[1]
+        let (size, overflow) = pages.multipliedReportingOverflow(by: pageSize)
+        guard !overflow, size > 0 else { return -Int64(EINVAL) }
+        let range = GuestRange(start: gpa, size: size)
+        var covered: UInt64 = 0
+        for slot in slots where slot.range.overlaps(range) {
+            covered += min(slot.range.start.rawValue + slot.range.size, gpa + size) - max(slot.range.start.rawValue, gpa)
+        }
+        guard covered == size else { return -Int64(EINVAL) }
+        do {
+            try convert(range, toPrivate: arguments[2] & CKVM_MAP_GPA_RANGE_ENCRYPTED != 0)
+        } catch {
+            return -Int64(EINVAL)
+        }
+        return 0
     }
 
     /// RFLAGS.IF (Intel SDM Vol. 1, 3.4.3).
@@ -337,4 +434,27 @@ func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
     }, box)
     precondition(status == 0, "pthread_create failed: \(status)")
     return thread
+}
+
+/// Anonymous shared memory: the shared side of guest memory where
+/// guest_memfd holds only private pages. Unmapped when released.
+final class AnonymousMemory {
+    let base: UnsafeMutableRawPointer
+    let length: Int
+
+    init(size: UInt64) throws(KVMError) {
+        length = Int(size)
+        guard let base = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              base != MAP_FAILED
+        else {
+            throw KVMError(.syscall(.mmap), on: .mapping, fd: -1, errno: Errno(rawValue: errno),
+                           detail: "\(length) bytes of anonymous shared memory")
+        }
+        self.base = base
+    }
+
+    deinit { munmap(base, length) }
+
+    /// The address a memslot's `userspace_addr` takes.
+    var address: UInt64 { UInt64(UInt(bitPattern: base)) }
 }

@@ -39,11 +39,6 @@ enum PopulateFailure: Error, CustomStringConvertible {
 }
 
 extension Machine {
-    /// Guest memory as the population engine sees it: the slots over the one mapping.
-    var memoryLayout: GuestMemoryLayout {
-        GuestMemoryLayout(slots: slots.map { .init(range: $0.range, mapping: memory, fileOffset: $0.offset) })
-    }
-
     /// Fills guest memory from `plan` for a guest with no confidential
     /// platform, through the population engine's plain backend: every
     /// region is written in place through the guest_memfd's shared mapping,

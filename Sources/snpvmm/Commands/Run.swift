@@ -72,7 +72,9 @@ enum RunCommand {
                             the suffix K, M, G or T (default 256M)
           --cpus N          vCPUs, as QEMU's -smp, 1 to 32 (default 1)
           --platform NAME   plain (default), snp, tdx or cca: the platform whose launch
-                            populates guest memory
+                            populates guest memory. snp on a host whose KVM offers
+                            SEV-SNP launches and runs the guest as an SNP guest (the
+                            kernel must support SEV-SNP); tdx and cca need --emulate
           --emulate         with snp, tdx or cca, launch the plan on the emulated
                             platform first, print its launch measurement, then
                             run the guest on this host's default VM
@@ -266,17 +268,28 @@ enum RunCommand {
             return ("guest_memfd here cannot be mapped shared (flags \(capabilities.guestMemfdFlags)); snpvmm needs MMAP|INIT_SHARED",
                     .failure)
         }
-        guard options.platform != .plain else { return nil }
+        guard options.platform != .plain, !options.emulate else { return nil }
         let offered = capabilities.vmTypes.map(\.name).joined(separator: ", ")
-        if !capabilities.vmTypes.contains(options.platform.vmType) && !options.emulate {
-            return ("--platform \(options.platform.rawValue) needs a host whose KVM offers \(options.platform.vmType.name); this host offers \(offered) (use --emulate to run over the emulated platform)",
-                    .failure)
+        let emulate = "(use --emulate to run over the emulated platform)"
+        switch options.platform {
+        case .plain:
+            return nil
+        case .snp:
+            guard capabilities.vmTypes.contains(.snp) else {
+                return ("--platform snp needs a host whose KVM offers \(VMType.snp.name); this host offers \(offered) \(emulate)",
+                        .failure)
+            }
+            return nil
+        case .tdx:
+            // tdx_vcpu_create protects a TD's register state: KVM_SET_REGS is refused.
+            return ("--platform tdx boots a TD from a TDVF firmware image whose reset vector the TDX module enters "
+                    + "with registers the host cannot set; snpvmm run loads kernels directly and no firmware, "
+                    + (capabilities.vmTypes.contains(.tdx) ? "so it cannot launch a TD on this host " : "and this host offers \(offered) ")
+                    + emulate, .failure)
+        case .cca:
+            return ("--platform cca needs an arm64 host whose KVM offers \(VMType.armRealm.name); snpvmm run boots x86 "
+                    + "kernels on x86 hosts \(emulate)", .failure)
         }
-        if options.emulate { return nil }
-        // A host that offers the VM type: its launch would need an encrypted-state
-        // vCPU loop, which this VMM does not drive yet.
-        return ("--platform \(options.platform.rawValue) on a host that offers \(options.platform.vmType.name) is not supported yet; "
-                + "use --emulate to launch over the emulated platform", .failure)
     }
 
     /// Why `boot` stopped before the guest ran to an end.
@@ -303,9 +316,12 @@ enum RunCommand {
     /// Creates the machine, fills its memory, sets the boot vCPU and runs it.
     static func boot(_ setup: BootSetup, options: RunOptions, kvm: KVM,
                      output: @escaping @Sendable ([UInt8]) -> Void) throws(BootFailure) -> RunEnd {
+        // --emulate launches on the fake first; the guest then runs as a plain one.
+        let platform: Platform = options.platform == .snp && !options.emulate ? .snp : .plain
         let machine: Machine
         do {
-            machine = try Machine(kvm: kvm, memorySize: options.memory, cpus: options.cpus, output: output)
+            machine = try Machine(kvm: kvm, platform: platform, memorySize: options.memory, cpus: options.cpus,
+                                  output: output)
         } catch {
             throw .kvm(error)
         }
@@ -314,10 +330,13 @@ enum RunCommand {
         } catch {
             throw .populate(error)
         }
-        do {
-            try machine.setBootState(setup.cpu)
-        } catch {
-            throw .kvm(error)
+        if platform == .plain {
+            // An SNP vCPU got its state before LAUNCH_FINISH sealed it.
+            do {
+                try machine.setBootState(setup.cpu)
+            } catch {
+                throw .kvm(error)
+            }
         }
         switch machine.run() {
         case .success(let end): return end
@@ -329,6 +348,11 @@ enum RunCommand {
     /// where a platform's population engine (and its ledger) replaces the
     /// plain in-place copy.
     static func populateGuest(_ setup: BootSetup, machine: Machine, options: RunOptions) throws(PopulateFailure) {
+        if machine.platform == .snp {
+            let result = try SNPLaunch.perform(setup, machine: machine)
+            try LaunchReport.print(result, label: "snp", ledgerPath: options.ledger)
+            return
+        }
         if options.emulate {
             try EmulatedLaunch.perform(setup, platform: options.platform, memorySize: options.memory, cpus: options.cpus,
                                        slots: machine.slots, ledgerPath: options.ledger)

@@ -146,7 +146,7 @@ struct RealBootTests {
 
     @Test func plainPopulateWritesContentsThenZerosOverDirtyMemory() throws {
         let machine = try Machine(kvm: kvm, memorySize: 4 << 20, cpus: 1, output: { _ in })
-        try machine.memory.fill(0xAA, at: 0, count: 4 << 20)
+        try machine.memory!.fill(0xAA, at: 0, count: 4 << 20)
         let directory = try TemporaryDirectory()
         let file = try directory.write("image", Array(0..<200).map { UInt8($0) })
         let plan = LaunchPlan(regions: [
@@ -156,11 +156,11 @@ struct RealBootTests {
             PlanRegion(name: "zeros", range: GuestRange(start: 0x20_0000, size: 0x1000), contents: .zeros, kind: .zero),
         ])
         try machine.populatePlain(plan)
-        #expect(try machine.memory.read(at: 0x1000, count: 4) == [1, 2, 3, 0])
-        #expect(try machine.memory.read(at: 0x2FFF, count: 2) == [0, 0xAA])
-        #expect(try machine.memory.read(at: 0x10_0000, count: 51) == Array(100..<150).map { UInt8($0) } + [0])
-        #expect(try machine.memory.read(at: 0x20_0000, count: 0x1000) == [UInt8](repeating: 0, count: 0x1000))
-        #expect(try machine.memory.read(at: 0xFFF, count: 1) == [0xAA])
+        #expect(try machine.memory!.read(at: 0x1000, count: 4) == [1, 2, 3, 0])
+        #expect(try machine.memory!.read(at: 0x2FFF, count: 2) == [0, 0xAA])
+        #expect(try machine.memory!.read(at: 0x10_0000, count: 51) == Array(100..<150).map { UInt8($0) } + [0])
+        #expect(try machine.memory!.read(at: 0x20_0000, count: 0x1000) == [UInt8](repeating: 0, count: 0x1000))
+        #expect(try machine.memory!.read(at: 0xFFF, count: 1) == [0xAA])
     }
 
     @Test func plainPopulateRejectsAnInvalidPlanBeforeWritingAnything() throws {
@@ -170,6 +170,6 @@ struct RealBootTests {
             PlanRegion(name: "beyond", range: GuestRange(start: 0x40_0000, size: 0x1000), contents: .bytes([8])),
         ])
         #expect(throws: PopulateFailure.self) { try machine.populatePlain(plan) }
-        #expect(try machine.memory.read(at: 0x1000, count: 1) == [0])
+        #expect(try machine.memory!.read(at: 0x1000, count: 1) == [0])
     }
 }

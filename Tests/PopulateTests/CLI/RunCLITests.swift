@@ -155,6 +155,16 @@ struct RunCLITests {
             stderr: "snpvmm: --platform snp needs a host whose KVM offers KVM_X86_SNP_VM; this host offers \(offered.map(\.name).joined(separator: ", ")) (use --emulate to run over the emulated platform)\n",
             status: 1))
     }
+
+    @Test(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"), arguments: ["tdx", "cca"])
+    func tdxAndCCAWithoutEmulateSayWhyInOneLine(_ platform: String) throws {
+        let outcome = try Snpvmm.run(["run", "--kernel", kernel, "--platform", platform])
+        #expect(outcome.status == 1)
+        #expect(outcome.stdout == "")
+        #expect(outcome.stderr.hasPrefix("snpvmm: --platform \(platform) "))
+        #expect(outcome.stderr.hasSuffix("(use --emulate to run over the emulated platform)\n"))
+        #expect(outcome.stderr.filter { $0 == "\n" }.count == 1)
+    }
 }
 
 /// Debian's kernel through the bzImage loader, until its decompressor

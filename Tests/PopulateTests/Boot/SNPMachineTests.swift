@@ -1,0 +1,113 @@
+import CKVMHeaders
+import GuestMemfd
+import Populate
+@testable import snpvmm
+import Synchronization
+import Testing
+
+/// `snpvmm run --platform snp` on a host that offers SEV-SNP: the machine,
+/// its launch and its run loop, driven over the fake kernel's SNP host
+/// profile, whose vCPUs run scripted guests.
+@Suite struct SNPMachineTests {
+    static let memory: UInt64 = 16 << 20
+    let fake = FakeKVM(profile: .snpHost)
+    let kernel: FaultInjectingKernel
+    let kvm: KVM
+    let console = Console()
+
+    final class Console: Sendable {
+        private let bytes = Mutex<[UInt8]>([])
+        func write(_ data: [UInt8]) { bytes.withLock { $0 += data } }
+        var text: String { String(decoding: bytes.withLock { $0 }, as: UTF8.self) }
+    }
+
+    init() throws {
+        kernel = FaultInjectingKernel(fake)
+        kvm = try KVM.open(using: kernel)
+    }
+
+    func setup(cpus: Int = 1) throws -> BootSetup {
+        try Loader.load(BootRequest(kernel: ImageSource(bytes: ELFBuilder.pvh([0xF4]).build()), initrd: nil,
+                                    commandLine: "console=ttyS0", memorySize: Self.memory, cpus: cpus))
+    }
+
+    func machine(cpus: Int = 1) throws -> Machine {
+        let console = console
+        return try Machine(kvm: kvm, platform: .snp, memorySize: Self.memory, cpus: cpus, output: { console.write($0) })
+    }
+
+    @Test func theLaunchMeasuresThePlanAndEveryVCPUsBootStateThenSealsTheRegisters() throws {
+        let setup = try setup(cpus: 2)
+        let machine = try machine(cpus: 2)
+        // The VMSAs the launch must measure: vCPU 0 in the boot state, vCPU 1 as created.
+        try Machine.apply(setup.cpu, to: machine.vcpus[0])
+        let vmsas = try machine.vcpus.map { SNPVMSA(regs: try $0.getRegs(), sregs: try $0.getSregs(), sevFeatures: 0).page }
+        let expected = try setup.plan.expectedSNPLaunchDigest(vmsas: vmsas).bytes
+
+        let result = try SNPLaunch.perform(setup, machine: machine)
+        #expect(result.expectedMeasurement == expected)
+        #expect(result.reportedMeasurement == expected)
+        #expect(fake.snpReportFields(of: machine.vm)?.policy == SNPLaunch.policy)
+        // Separate source on this profile: every page of RAM was made private before the launch.
+        #expect(result.report.policy == .separateSource)
+        #expect(machine.sharedMemory != nil)
+        #expect(kvmError { _ = try machine.vcpus[0].getRegs() }?.errno == .invalidArgument)
+    }
+
+    @Test func theRunLoopConvertsMemoryAtTheGuestsRequestAndEndsAtDebugExit() throws {
+        let machine = try machine()
+        _ = try SNPLaunch.perform(try setup(), machine: machine)
+        let sharedByHypercall: UInt64 = 0x80_0000, sharedByFault: UInt64 = 0x90_0000, privatePage: UInt64 = 0xA0_0000
+        fake.program(machine.vcpus[0], [
+            .portOut(port: 0x3F8, bytes: Array("OK".utf8.prefix(1))),
+            .portOut(port: 0x3F8, bytes: Array("OK".utf8.suffix(1))),
+            // A page-state change through the GHCB reaches the VMM as KVM_HC_MAP_GPA_RANGE.
+            .mapGPARange(gpa: sharedByHypercall, pages: 2, toPrivate: false),
+            .write(gpa: sharedByHypercall + 0x1010, bytes: [1, 2, 3], isPrivate: false),
+            // A shared access to a private page: KVM_EXIT_MEMORY_FAULT, converted, retried.
+            .write(gpa: sharedByFault, bytes: [9, 8], isPrivate: false),
+            .write(gpa: privatePage, bytes: [7], isPrivate: true),
+            .read(gpa: privatePage, count: 1, isPrivate: true),
+            .portOut(port: 0xF4, bytes: [0x21]),
+        ])
+        let attributeCalls = kernel.count(of: .ioctl(.setMemoryAttributes))
+        let punches = kernel.count(of: .syscall(.fallocate))
+
+        #expect(try machine.run().get() == .debugExit(value: 0x21))
+        #expect(console.text == "OK")
+        // The shared writes landed in the shared side of the slots, not in guest_memfd.
+        let shared = try #require(machine.sharedMemory)
+        #expect(Array(UnsafeRawBufferPointer(start: shared.base + Int(sharedByHypercall) + 0x1010, count: 3)) == [1, 2, 3])
+        #expect(Array(UnsafeRawBufferPointer(start: shared.base + Int(sharedByFault), count: 2)) == [9, 8])
+        #expect(fake.guestReads(machine.vcpus[0]) == [[7]])
+        // One conversion per request, and the private pages made shared punched out of guest_memfd.
+        #expect(kernel.count(of: .ioctl(.setMemoryAttributes)) == attributeCalls + 2)
+        #expect(kernel.count(of: .syscall(.fallocate)) == punches + 2)
+    }
+
+    @Test func mapGPARangeRefusesRangesOutsideRAM() throws {
+        let machine = try machine()
+        #expect(machine.mapGPARange([Layout.ioapic, 1, 0, 0, 0, 0]) == -Int64(EINVAL))
+        #expect(machine.mapGPARange([Self.memory - 0x1000, 2, 0, 0, 0, 0]) == -Int64(EINVAL))
+        #expect(machine.mapGPARange([0x10_0000, 0, 0, 0, 0, 0]) == -Int64(EINVAL))
+        #expect(machine.mapGPARange([0x10_0000, 4, CKVM_MAP_GPA_RANGE_ENCRYPTED, 0, 0, 0]) == 0)
+        #expect(machine.mapGPARange([0x10_0000, 4, 0, 0, 0, 0]) == 0)
+    }
+
+    @Test func tdxAndCCAOnHostsThatOfferThemNameWhyTheyNeedEmulation() throws {
+        var options = RunOptions()
+        options.platform = .tdx
+        let tdxHost = try KVM.open(using: FakeKVM(profile: .tdxHost)).capabilities()
+        let tdx = try #require(RunCommand.hostProblem(options, capabilities: tdxHost))
+        #expect(tdx.message.contains("TDVF") && tdx.message.contains("cannot launch a TD on this host"))
+        #expect(tdx.message.hasSuffix("(use --emulate to run over the emulated platform)"))
+        options.platform = .cca
+        let cca = try #require(RunCommand.hostProblem(options, capabilities: try KVM.open(using: FakeKVM(profile: .ccaHost)).capabilities()))
+        #expect(cca.message.contains("arm64"))
+        options.platform = .snp
+        #expect(RunCommand.hostProblem(options, capabilities: try KVM.open(using: FakeKVM(profile: .snpHost)).capabilities()) == nil)
+        options.emulate = true
+        options.platform = .tdx
+        #expect(RunCommand.hostProblem(options, capabilities: tdxHost) == nil)
+    }
+}
