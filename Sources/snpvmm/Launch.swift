@@ -12,8 +12,22 @@ enum SNPLaunch {
     /// The guest policy: SMT allowed (bit 16) and the must-be-one bit 17; ABI 0.0.
     static let policy: UInt64 = 0x30000
 
+    /// `setup`'s plan with the CPUID table built from the machine's CPUID.
+    static func plan(_ setup: BootSetup, machine: Machine) throws(PopulateFailure) -> LaunchPlan {
+        var plan = setup.plan
+        for index in plan.regions.indices where plan.regions[index].kind == .cpuid {
+            do {
+                plan.regions[index].contents = .bytes(try SNPGuestPages.cpuidTable(machine.cpuid))
+            } catch {
+                throw .engine("building the SEV-SNP CPUID page: \(error)")
+            }
+        }
+        return plan
+    }
+
     static func perform(_ setup: BootSetup, machine: Machine) throws(PopulateFailure) -> PopulateResult {
         guard let snp = machine.snp else { throw .engine("the machine was not created for SEV-SNP") }
+        let plan = try plan(setup, machine: machine)
         do {
             try Machine.apply(setup.cpu, to: machine.vcpus[0])
             try snp.launchStart(policy: policy)
@@ -27,7 +41,12 @@ enum SNPLaunch {
             throw .engine("starting the SEV-SNP launch: \(error)")
         }
         do {
-            return try Populator(backend: backend, memory: machine.memoryLayout).populate(setup.plan)
+            var options = PopulateOptions()
+            options.log = { note in
+                var standardError = StandardError()
+                Swift.print("snpvmm: \(note)", to: &standardError)
+            }
+            return try Populator(backend: backend, memory: machine.memoryLayout, options: options).populate(plan)
         } catch {
             throw PopulateFailure(error)
         }

@@ -63,6 +63,8 @@ final class Machine {
     let snp: SEVSNP?
     let slots: [MemorySlot]
     let vcpus: [VCPU]
+    /// The CPUID the boot vCPU was given (an SNP guest's CPUID table is built from it).
+    let cpuid: [kvm_cpuid_entry2]
     let bus = PortIOBus()
 
     /// - Parameters:
@@ -117,6 +119,7 @@ final class Machine {
         try vm.createPIT2()
 
         let supported = try kvm.getSupportedCPUID()
+        cpuid = Self.cpuid(supported, apicID: 0)
         var vcpus: [VCPU] = []
         for id in 0..<UInt32(cpus) {
             let vcpu = try vm.createVCPU(id: id)

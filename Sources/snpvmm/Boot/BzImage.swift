@@ -39,6 +39,8 @@ struct BzImage: Equatable, Sendable {
     // boot_params fields outside the header (Documentation/arch/x86/zero-page.rst).
     static let extRamdiskImageOffset = 0x0C0, extRamdiskSizeOffset = 0x0C4, extCmdLinePtrOffset = 0x0C8
     static let e820EntriesOffset = 0x1E8, e820TableOffset = 0x2D0
+    /// `boot_params.cc_blob_address` (zero-page.rst).
+    static let ccBlobAddressOffset = 0x13C
     /// `E820_MAX_ENTRIES_ZEROPAGE` (arch/x86/include/uapi/asm/bootparam.h); each entry is 20 bytes.
     static let e820Capacity = 128, e820EntrySize = 20
 
@@ -128,8 +130,12 @@ struct BzImage: Equatable, Sendable {
     /// `struct boot_params` for the 64-bit entry: the kernel's own setup
     /// header with the loader's fields written, the command line, the
     /// initrd and the e820 map.
+    ///
+    /// `ccBlob` is an SEV-SNP guest's confidential computing blob, written
+    /// to `cc_blob_address` (zero-page.rst, offset 0x13c), where the
+    /// decompressor looks first (find_cc_blob).
     func bootParams(loadAddress: UInt64, commandLine: UInt64, initrd: (address: UInt64, size: UInt64)?,
-                    memoryMap: [MemoryMapEntry]) -> [UInt8] {
+                    memoryMap: [MemoryMapEntry], ccBlob: UInt64? = nil) -> [UInt8] {
         precondition(memoryMap.count <= Self.e820Capacity, "more e820 entries than boot_params holds")
         var page = LittleEndianWriter(count: 4096)
         page.store(setupHeader, at: Self.setupHeaderStart)
@@ -144,6 +150,7 @@ struct BzImage: Equatable, Sendable {
             page.store(UInt32(truncatingIfNeeded: initrd.address >> 32), at: Self.extRamdiskImageOffset)
             page.store(UInt32(truncatingIfNeeded: initrd.size >> 32), at: Self.extRamdiskSizeOffset)
         }
+        if let ccBlob { page.store(UInt32(truncatingIfNeeded: ccBlob), at: Self.ccBlobAddressOffset) }
         page.store(UInt8(memoryMap.count), at: Self.e820EntriesOffset)
         for (index, entry) in memoryMap.enumerated() {
             let offset = Self.e820TableOffset + index * Self.e820EntrySize

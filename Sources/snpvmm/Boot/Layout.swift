@@ -62,6 +62,14 @@ enum Layout {
     /// Where RAM beyond `mmioGap` continues.
     static let highRAM: UInt64 = 1 << 32
 
+    /// An SEV-SNP guest's CPUID table page, secrets page and CC blob (the
+    /// page naming both), reserved in its memory map. They lie between the
+    /// command line and the EBDA.
+    static let snpCPUIDPage: UInt64 = 0x3_0000
+    static let snpSecretsPage: UInt64 = 0x3_1000
+    static let snpCCBlob: UInt64 = 0x3_2000
+    static let snpPagesSize: UInt64 = 0x3000
+
     /// The smallest `--memory` snpvmm accepts: the low structures and a small kernel.
     static let minimumMemory: UInt64 = 2 << 20
 
@@ -75,9 +83,14 @@ enum Layout {
     /// The guest's memory map as the firmware tables report it (e820 and the
     /// PVH memory map share it): conventional memory up to the EBDA, the
     /// EBDA reserved, then RAM from 1 MiB.
-    static func memoryMap(memorySize size: UInt64) -> [MemoryMapEntry] {
-        var entries = [MemoryMapEntry(start: 0, size: ebda, type: .ram),
-                       MemoryMapEntry(start: ebda, size: conventionalMemoryEnd - ebda, type: .reserved)]
+    /// An SEV-SNP guest's map also reserves its three SNP pages.
+    static func memoryMap(memorySize size: UInt64, snp: Bool = false) -> [MemoryMapEntry] {
+        var entries = snp
+            ? [MemoryMapEntry(start: 0, size: snpCPUIDPage, type: .ram),
+               MemoryMapEntry(start: snpCPUIDPage, size: snpPagesSize, type: .reserved),
+               MemoryMapEntry(start: snpCPUIDPage + snpPagesSize, size: ebda - snpCPUIDPage - snpPagesSize, type: .ram)]
+            : [MemoryMapEntry(start: 0, size: ebda, type: .ram)]
+        entries.append(MemoryMapEntry(start: ebda, size: conventionalMemoryEnd - ebda, type: .reserved))
         for (index, range) in ramRanges(memorySize: size).enumerated() {
             let start = index == 0 ? highMemory : range.start
             let end = range.start + range.size

@@ -8,6 +8,10 @@ struct BootRequest: Sendable {
     /// Guest RAM in bytes, a multiple of 4 KiB and at least `Layout.minimumMemory`.
     var memorySize: UInt64
     var cpus: Int = 1
+    /// Lay the guest out for SEV-SNP: the CPUID, secrets and CC blob pages
+    /// (`SNPGuestPages`), reserved in the memory map, and for a bzImage the
+    /// blob's address in boot_params.
+    var snp = false
 }
 
 /// The boot protocols snpvmm speaks.
@@ -74,7 +78,7 @@ enum Loader {
         let commandLine = try commandLineRegion(request.commandLine, limit: Int(Layout.commandLineCapacity) - 1)
         let kernelRegions = try segmentRegions(elf, source: request.kernel)
         let kernelEnd = elf.segments.filter { $0.physicalAddress < ram[0].size }.map(\.physicalEnd).max() ?? Layout.highMemory
-        let memoryMap = Layout.memoryMap(memorySize: request.memorySize)
+        let memoryMap = Layout.memoryMap(memorySize: request.memorySize, snp: request.snp)
 
         var modules: [PVH.Module] = []
         var initrdRegion: PlanRegion?
@@ -93,6 +97,7 @@ enum Loader {
         regions.append(commandLine)
         regions += kernelRegions
         if let initrdRegion { regions.append(initrdRegion) }
+        if request.snp { regions += SNPGuestPages.regions() }
         return try validated(BootSetup(format: .pvh, plan: LaunchPlan(regions: regions), cpu: cpu, memoryMap: memoryMap),
                              request)
     }
@@ -175,7 +180,7 @@ enum Loader {
         }
         let commandLine = try commandLineRegion(request.commandLine,
                                                 limit: min(image.commandLineLimit, Int(Layout.commandLineCapacity) - 1))
-        let memoryMap = Layout.memoryMap(memorySize: request.memorySize)
+        let memoryMap = Layout.memoryMap(memorySize: request.memorySize, snp: request.snp)
 
         var initrd: (address: UInt64, size: UInt64)?
         var initrdRegion: PlanRegion?
@@ -194,12 +199,14 @@ enum Loader {
                                   range: GuestRange(start: Layout.pml4, size: UInt64(tables.count)), contents: .bytes(tables)))
         regions.append(PlanRegion(name: "boot_params", range: GuestRange(start: Layout.zeroPage, size: pageSize),
                                   contents: .bytes(image.bootParams(loadAddress: load, commandLine: Layout.commandLine,
-                                                                    initrd: initrd, memoryMap: memoryMap))))
+                                                                    initrd: initrd, memoryMap: memoryMap,
+                                                                    ccBlob: request.snp ? Layout.snpCCBlob : nil))))
         regions.append(commandLine)
         regions.append(PlanRegion(name: "kernel", range: GuestRange(start: load, size: kernelEnd - load),
                                   contents: try request.kernel.contents(offset: image.kernelOffset, length: image.kernelSize,
                                                                         "protected-mode kernel")))
         if let initrdRegion { regions.append(initrdRegion) }
+        if request.snp { regions += SNPGuestPages.regions() }
         return try validated(BootSetup(format: .bzImage, plan: LaunchPlan(regions: regions), cpu: cpu,
                                        memoryMap: memoryMap), request)
     }

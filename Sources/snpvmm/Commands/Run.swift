@@ -246,8 +246,10 @@ enum RunCommand {
     static func load(_ options: RunOptions) throws(ImageError) -> BootSetup {
         let kernel = try ImageSource(path: options.kernel, role: "kernel")
         let initrd = try options.initrd.map { (path) throws(ImageError) in try ImageSource(path: path, role: "initrd") }
+        // --emulate boots the guest as a plain one, so only a real SNP launch gets the SNP pages.
         return try Loader.load(BootRequest(kernel: kernel, initrd: initrd, commandLine: options.append,
-                                           memorySize: options.memory, cpus: options.cpus))
+                                           memorySize: options.memory, cpus: options.cpus,
+                                           snp: options.platform == .snp && !options.emulate))
     }
 
     /// The KVM the guest runs on: the host's `/dev/kvm`. An emulated

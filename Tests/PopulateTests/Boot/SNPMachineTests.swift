@@ -28,7 +28,7 @@ import Testing
 
     func setup(cpus: Int = 1) throws -> BootSetup {
         try Loader.load(BootRequest(kernel: ImageSource(bytes: ELFBuilder.pvh([0xF4]).build()), initrd: nil,
-                                    commandLine: "console=ttyS0", memorySize: Self.memory, cpus: cpus))
+                                    commandLine: "console=ttyS0", memorySize: Self.memory, cpus: cpus, snp: true))
     }
 
     func machine(cpus: Int = 1) throws -> Machine {
@@ -42,7 +42,11 @@ import Testing
         // The VMSAs the launch must measure: vCPU 0 in the boot state, vCPU 1 as created.
         try Machine.apply(setup.cpu, to: machine.vcpus[0])
         let vmsas = try machine.vcpus.map { SNPVMSA(regs: try $0.getRegs(), sregs: try $0.getSregs(), sevFeatures: 0).page }
-        let expected = try setup.plan.expectedSNPLaunchDigest(vmsas: vmsas).bytes
+        let plan = try SNPLaunch.plan(setup, machine: machine)
+        let expected = try plan.expectedSNPLaunchDigest(vmsas: vmsas).bytes
+        // The CPUID, secrets and CC blob pages are measured with their page types.
+        #expect(plan.regions.filter { $0.kind == .cpuid }.map(\.range.start.rawValue) == [Layout.snpCPUIDPage])
+        #expect(plan.regions.filter { $0.kind == .secrets }.map(\.range.start.rawValue) == [Layout.snpSecretsPage])
 
         let result = try SNPLaunch.perform(setup, machine: machine)
         #expect(result.expectedMeasurement == expected)
@@ -109,5 +113,55 @@ import Testing
         options.emulate = true
         options.platform = .tdx
         #expect(RunCommand.hostProblem(options, capabilities: tdxHost) == nil)
+    }
+
+    @Test func anSNPLayoutReservesItsPagesAndPointsBootParamsAtTheCCBlob() throws {
+        let request = BootRequest(kernel: ImageSource(bytes: BzImageBuilder().build()), memorySize: 64 << 20, snp: true)
+        let setup = try Loader.load(request)
+        #expect(setup.memoryMap.contains(MemoryMapEntry(start: Layout.snpCPUIDPage, size: 0x3000, type: .reserved)))
+        #expect(!setup.memoryMap.contains { $0.type == .ram && $0.start < Layout.snpCCBlob + 0x1000 && $0.start + $0.size > Layout.snpCPUIDPage })
+        guard case .bytes(let bootParams) = try #require(setup.plan.regions.first { $0.name == "boot_params" }).contents,
+              case .bytes(let blob) = try #require(setup.plan.regions.first { $0.name == "SNP CC blob" }).contents
+        else {
+            Issue.record("boot_params and the CC blob carry bytes")
+            return
+        }
+        func u32(_ bytes: [UInt8], _ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(bytes[at + $1]) << (8 * $1) } }
+        func u64(_ bytes: [UInt8], _ at: Int) -> UInt64 { UInt64(u32(bytes, at)) | UInt64(u32(bytes, at + 4)) << 32 }
+        #expect(u32(bootParams, 0x13C) == UInt32(Layout.snpCCBlob))
+        #expect(u32(blob, 0) == 0x4544_4D41)
+        #expect(u64(blob, 8) == Layout.snpSecretsPage && u32(blob, 16) == 4096)
+        #expect(u64(blob, 24) == Layout.snpCPUIDPage && u32(blob, 32) == 4096)
+        // A plain layout has none of it.
+        var plain = request
+        plain.snp = false
+        let plainSetup = try Loader.load(plain)
+        #expect(!plainSetup.plan.regions.contains { $0.kind == .cpuid || $0.kind == .secrets })
+        #expect(plainSetup.memoryMap.first == MemoryMapEntry(start: 0, size: Layout.ebda, type: .ram))
+    }
+
+    @Test func theCPUIDTableHoldsEveryLeafAndDescribesTheInitialXSAVEArea() throws {
+        var leaf7 = kvm_cpuid_entry2()
+        leaf7.function = 7
+        leaf7.index = 1
+        leaf7.flags = SNPGuestPages.significantIndex
+        leaf7.ebx = 0xABCD
+        var xsave = kvm_cpuid_entry2()
+        xsave.function = 0xD
+        xsave.flags = SNPGuestPages.significantIndex
+        xsave.ebx = 0x988
+        var plain = kvm_cpuid_entry2()
+        plain.function = 0x8000_0001
+        plain.index = 5  // ignored: the index is not significant
+        plain.edx = 0x1234
+        let page = try SNPGuestPages.cpuidTable([leaf7, xsave, plain])
+        func u32(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(page[at + $1]) << (8 * $1) } }
+        #expect(u32(0) == 3)
+        #expect(u32(16) == 7 && u32(20) == 1 && u32(16 + 28) == 0xABCD && u32(16 + 8) == 0)
+        #expect(u32(64) == 0xD && u32(64 + 8) == 1 && u32(64 + 28) == 0x240)
+        #expect(u32(112) == 0x8000_0001 && u32(116) == 0 && u32(112 + 36) == 0x1234)
+        #expect(throws: SNPGuestPages.TooManyEntries.self) {
+            _ = try SNPGuestPages.cpuidTable([kvm_cpuid_entry2](repeating: plain, count: 65))
+        }
     }
 }
