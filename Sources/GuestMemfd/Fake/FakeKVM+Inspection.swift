@@ -111,6 +111,45 @@ extension FakeKVM {
         withLock { armSignal(PendingSignal(errno: errno, pagesLeft: pages, ioctl: ioctl)) }
     }
 
+    /// Makes the page-by-page work of the next calls fail with `errno` from
+    /// `pages` more pages on, and at every page after that: a fault that
+    /// persists (memory the kernel cannot get, a source page it cannot read,
+    /// firmware that keeps failing), where `interrupt` fails one page once.
+    public func failPages(after pages: Int, with errno: Errno, in ioctl: Ioctl? = nil) {
+        withLock { armSignal(PendingSignal(errno: errno, pagesLeft: pages, ioctl: ioctl, persistent: true)) }
+    }
+
+    /// The guest-physical ranges of `vm`'s memslots that are private now,
+    /// coalesced and in address order: by the VM's attributes, or by
+    /// guest_memfd where it converts in place. One check per page of every
+    /// memslot, so meant for test-sized guests.
+    public func privateRanges(of vm: VM) -> [GuestRange] {
+        withLock {
+            guard let fake = fakeVM(vm) else { return [] }
+            var ranges: [GuestRange] = []
+            for slot in fake.memslots.values.filter({ $0.asID == 0 }).sorted(by: { $0.baseGFN < $1.baseGFN }) {
+                for gfn in slot.baseGFN..<slot.endGFN where isPrivate(fake, gfn: gfn) {
+                    let gpa = gfn * pageSize
+                    if let last = ranges.last, last.start.rawValue + last.size == gpa {
+                        ranges[ranges.count - 1] = GuestRange(start: last.start, size: last.size + pageSize)
+                    } else {
+                        ranges.append(GuestRange(start: gpa, size: pageSize))
+                    }
+                }
+            }
+            return ranges
+        }
+    }
+
+    /// Every byte of `memfd` as the platform holds it, private pages
+    /// included: what the guest would find, which the host cannot read.
+    public func contents(of memfd: GuestMemfd) -> [UInt8]? {
+        withLock {
+            guard case .guestMemfd(let fake)? = file(memfd.fd) else { return nil }
+            return [UInt8](UnsafeRawBufferPointer(start: fake.view, count: Int(fake.size)))
+        }
+    }
+
     /// Descriptors the fake holds open (system, VM, vCPU, guest_memfd, /dev/sev).
     public var openDescriptors: Int { withLock { openFileCount } }
 

@@ -53,6 +53,8 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         var errno: Errno
         var pagesLeft: Int
         var ioctl: Ioctl?
+        /// Fails every page from then on instead of once.
+        var persistent = false
     }
 
     public init(profile: HostProfile = .thisMachine) {
@@ -726,10 +728,12 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
     // MARK: Signals
 
     /// The pending signal due before the next page of `ioctl`, if any; it is
-    /// delivered once. Every place the kernel checks `signal_pending()` asks.
+    /// delivered once (a persistent fault stays). Every place the kernel
+    /// checks `signal_pending()` asks.
     func takeSignal(for ioctl: Ioctl) -> Errno? {
         guard let index = pendingSignals.firstIndex(where: { ($0.ioctl == nil || $0.ioctl == ioctl) && $0.pagesLeft <= 0 })
         else { return nil }
+        if pendingSignals[index].persistent { return pendingSignals[index].errno }
         return pendingSignals.remove(at: index).errno
     }
 

@@ -33,6 +33,9 @@ public final class FaultInjectingKernel: KernelInterface, @unchecked Sendable {
         case always
         /// The first `n` matching calls succeed, then one fails.
         case afterCalls(Int)
+        /// The first `n` matching calls succeed, then every later one fails:
+        /// a fault that persists, such as memory the kernel cannot get.
+        case fromCall(Int)
     }
 
     /// One call as it was made, and how it ended.
@@ -106,6 +109,12 @@ public final class FaultInjectingKernel: KernelInterface, @unchecked Sendable {
                     return nil
                 }
                 return rules.remove(at: index).errno
+            case .fromCall(let n):
+                if n > 0 {
+                    rules[index].mode = .fromCall(n - 1)
+                    return nil
+                }
+                return rules[index].errno
             }
         }
     }
