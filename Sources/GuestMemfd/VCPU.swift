@@ -242,11 +242,14 @@ public final class VCPU: KernelObject {
     ///
     /// - Parameter interruptionLimit: how many EINTR/EAGAIN answers in a row
     ///   to accept before giving up.
+    /// - Returns: how many calls resumed what an earlier one left (after
+    ///   EINTR or EAGAIN, or a call the kernel cut short).
     /// - Throws: `KVMError` whose `range` is what remained and whose
     ///   `completedBytes` is what was mapped before the failure.
-    public func preFaultMemory(covering range: GuestRange, interruptionLimit: Int = 64) throws(KVMError) {
+    @discardableResult
+    public func preFaultMemory(covering range: GuestRange, interruptionLimit: Int = 64) throws(KVMError) -> Int {
         var remaining = range
-        var interruptions = 0
+        var interruptions = 0, resumptions = 0
         while remaining.size > 0 {
             do throws(KVMError) {
                 let next = try preFaultMemory(remaining)
@@ -257,17 +260,20 @@ public final class VCPU: KernelObject {
                 }
                 remaining = next
                 interruptions = 0
+                if remaining.size > 0 { resumptions += 1 }
             } catch {
                 var error = error
                 let transient = error.errno == .interrupted || error.errno == .resourceTemporarilyUnavailable
                 if transient && interruptions < interruptionLimit && error.completedBytes == nil {
                     interruptions += 1
+                    resumptions += 1
                     continue
                 }
                 error.completedBytes = range.size - remaining.size
                 throw error
             }
         }
+        return resumptions
     }
 }
 

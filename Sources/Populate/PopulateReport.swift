@@ -11,7 +11,8 @@ public struct PopulateReport: Sendable, Equatable, CustomStringConvertible {
     /// can keep them as 2 MiB entries), and the 4 KiB pages outside them.
     public var hugeUnits: UInt64 = 0
     public var smallPages: UInt64 = 0
-    /// EINTR/EAGAIN resumptions and CPUID corrections.
+    /// Calls sent again for what an interrupted or short call left (EINTR,
+    /// EAGAIN, a signal part-way), and CPUID corrections.
     public var retries = 0
     /// Seconds per phase: validate, fill, convert, populate, finish.
     public var phaseSeconds: [String: Double] = [:]

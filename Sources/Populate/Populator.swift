@@ -181,10 +181,23 @@ public final class Populator {
             try writeThroughMappings(contents, at: range.start.rawValue, state: &state)
             clock.lap("fill")
         }
-        do {
-            try backend.makePrivate(range, inPlace: inPlace)
-        } catch {
-            throw state.failure(.kernel(error), region: region)
+        var conversionRetries = 0
+        while true {
+            do {
+                try backend.makePrivate(range, inPlace: inPlace)
+                break
+            } catch {
+                // A conversion is all or nothing, so after EAGAIN (a page still
+                // pinned, kvm_gmem_set_attributes) or EINTR nothing is half done
+                // and the same request may be sent again.
+                if error.errno == .interrupted || error.errno == .resourceTemporarilyUnavailable,
+                   conversionRetries < options.interruptionLimit {
+                    conversionRetries += 1
+                    state.report.retries += 1
+                    continue
+                }
+                throw state.failure(.kernel(error), region: region, next: range.start.rawValue)
+            }
         }
         if platform != .plain {
             state.report.ioctls += inPlace ? memory.slots.filter { $0.range.overlaps(range) }.count : 1
@@ -323,6 +336,8 @@ public final class Populator {
                     throw state.failure(.noProgress(call: backend.callName, gpa: call.gpa), region: region, next: call.gpa)
                 }
                 interruptions = 0
+                // A short call (a signal part-way, the end of a memslot) is resumed from its write-back.
+                if step.pagesDone < pages { state.report.retries += 1 }
                 continue
             }
             if error.errno == .interrupted || error.errno == .resourceTemporarilyUnavailable

@@ -27,6 +27,18 @@ extension Populator {
     ///
     /// - Parameter vcpu: the vCPU to pre-fault through (pre-fault is a vCPU ioctl).
     public func prePopulate(vcpu: VCPU) throws(PopulateError) -> PrePopulation {
+        var resumptions = 0
+        return try prePopulate(vcpu: vcpu, resumptions: &resumptions)
+    }
+
+    /// `prePopulate(vcpu:)`, recording the method and the calls resumed in a population's report.
+    public func prePopulate(vcpu: VCPU, report: inout PopulateReport) throws(PopulateError) {
+        var resumptions = 0
+        report.prePopulation = try prePopulate(vcpu: vcpu, resumptions: &resumptions).description
+        report.retries += resumptions
+    }
+
+    private func prePopulate(vcpu: VCPU, resumptions: inout Int) throws(PopulateError) -> PrePopulation {
         let total = memory.slots.reduce(0) { $0 + $1.range.size }
         var preFault = false
         do { preFault = try vcpu.vm.kvm.checkExtension(.preFaultMemory) != 0 } catch {
@@ -34,7 +46,9 @@ extension Populator {
         }
         if preFault {
             for slot in memory.slots {
-                do { try vcpu.preFaultMemory(covering: slot.range, interruptionLimit: options.interruptionLimit) } catch {
+                do {
+                    resumptions += try vcpu.preFaultMemory(covering: slot.range, interruptionLimit: options.interruptionLimit)
+                } catch {
                     throw PopulateError(.kernel(error))
                 }
             }
@@ -50,10 +64,5 @@ extension Populator {
             }
         }
         return .madvisePopulateWrite(bytes: total)
-    }
-
-    /// `prePopulate(vcpu:)`, recording the method in a population's report.
-    public func prePopulate(vcpu: VCPU, report: inout PopulateReport) throws(PopulateError) {
-        report.prePopulation = try prePopulate(vcpu: vcpu).description
     }
 }

@@ -72,9 +72,27 @@ public struct TDX: Sendable {
     /// Initialises the TD: attributes, XFAM, the measurement registers the
     /// host provides, and the CPUID configuration. Must precede every vCPU.
     ///
+    /// EAGAIN is sent again, up to `entropyRetries` times: `__tdx_td_init`
+    /// answers it when TDH.MNG.CREATE or TDH.MNG.ADDCX finds no entropy
+    /// (TDX_RND_NO_ENTROPY), after freeing everything it made.
+    ///
     /// The corresponding command is `KVM_TDX_INIT_VM` (VM).
     public func initVM(attributes: UInt64, xfam: UInt64, mrConfigID: [UInt8] = [], mrOwner: [UInt8] = [],
-                       mrOwnerConfig: [UInt8] = [], cpuid: [kvm_cpuid_entry2] = []) throws(KVMError) {
+                       mrOwnerConfig: [UInt8] = [], cpuid: [kvm_cpuid_entry2] = [], entropyRetries: Int = 16) throws(KVMError) {
+        var retries = 0
+        while true {
+            do {
+                try initVMOnce(attributes: attributes, xfam: xfam, mrConfigID: mrConfigID, mrOwner: mrOwner,
+                               mrOwnerConfig: mrOwnerConfig, cpuid: cpuid)
+                return
+            } catch where error.errno == .resourceTemporarilyUnavailable && retries < entropyRetries {
+                retries += 1
+            }
+        }
+    }
+
+    private func initVMOnce(attributes: UInt64, xfam: UInt64, mrConfigID: [UInt8], mrOwner: [UInt8],
+                            mrOwnerConfig: [UInt8], cpuid: [kvm_cpuid_entry2]) throws(KVMError) {
         let header = MemoryLayout<ckvm_tdx_init_vm>.size
         var storage = [UInt8](repeating: 0, count: header + cpuid.count * MemoryLayout<kvm_cpuid_entry2>.stride)
         try storage.withUnsafeMutableBytes { raw in
