@@ -20,7 +20,11 @@ struct PopulationRig {
         GuestMemoryLayout(slots: [.init(range: GuestRange(start: Self.memoryBase, size: Self.memorySize), mapping: mapping)])
     }
 
-    init(_ platform: Platform, inPlace: Bool = false) throws {
+    /// - Parameters:
+    ///   - profile: the host, instead of the platform's usual one.
+    ///   - arm: called before the first call, to arm faults.
+    init(_ platform: Platform, inPlace: Bool = false, profile host: HostProfile? = nil,
+         arm: (FakeKVM, FaultInjectingKernel) -> Void = { _, _ in }) throws {
         var profile: HostProfile
         switch platform {
         case .plain: profile = .thisMachine
@@ -33,8 +37,10 @@ struct PopulationRig {
             }
         case .cca: profile = .ccaHost
         }
+        if let host { profile = host }
         fake = FakeKVM(profile: profile)
         kernel = FaultInjectingKernel(fake)
+        arm(fake, kernel)
         let kvm = try KVM.open(using: kernel)
         let type: VMType = [.plain: .default, .snp: .snp, .tdx: .tdx, .cca: .armRealm][platform]!
         vm = try kvm.createVM(type: type)
@@ -151,58 +157,6 @@ struct PlatformCase: Sendable, CustomTestStringConvertible {
         #expect(updates.map(\.pages) == [256, 512, 512, 256])
         #expect(updates.map(\.gpa) == [0x300000, 0x400000, 0x600000, 0x800000])
         #expect(result.report.hugeUnits == 2 && result.report.smallPages == 512)
-    }
-
-    struct Fault: Sendable, CustomTestStringConvertible {
-        let platform: Platform
-        let errno: Errno
-        let afterPages: Int
-        var testDescription: String { "\(platform) \(errno.name) after \(afterPages) pages" }
-    }
-
-    static let faults: [Fault] = [Platform.snp, .tdx, .cca].flatMap { platform in
-        [Errno.interrupted, .resourceTemporarilyUnavailable].flatMap { errno in
-            [0, 1, 150, 303].map { Fault(platform: platform, errno: errno, afterPages: $0) }
-        }
-    }
-
-    @Test(arguments: faults)
-    func aTransientFaultMidCallResumesToTheCleanRunsMeasurement(_ fault: Fault) throws {
-        let clean = try PopulationRig(fault.platform).populate(samplePlan(fault.platform))
-        let rig = try PopulationRig(fault.platform)
-        let ioctl: Ioctl = fault.platform == .cca ? .armRMIPopulate : .memoryEncryptOp
-        rig.fake.interrupt(afterPages: fault.afterPages, with: fault.errno, in: ioctl)
-        rig.kernel.inject(fault.errno, into: fault.platform == .cca ? .ioctl(.armRMIPopulate)
-                          : .encryptCommand(fault.platform == .snp ? .snpLaunchUpdate : .tdxInitMemRegion), .afterCalls(2))
-        let result = try rig.populate(samplePlan(fault.platform))
-        #expect(result.expectedMeasurement == clean.expectedMeasurement)
-        #expect(result.reportedMeasurement == clean.reportedMeasurement)
-        #expect(result.report.retries >= 1)
-    }
-
-    @Test(arguments: [Platform.snp, .tdx, .cca], [Errno.badAddress, .noMemory, .ioError])
-    func aPersistentFaultStopsWithAnExactAccountOfWhatWasPopulated(_ platform: Platform, _ errno: Errno) throws {
-        let rig = try PopulationRig(platform)
-        let ioctl: Ioctl = platform == .cca ? .armRMIPopulate : .memoryEncryptOp
-        // Fail the kernel's per-page work from page 100 of the kernel region on
-        // (after the 3 firmware pages).
-        rig.fake.interrupt(afterPages: 3 + 100, with: errno, in: ioctl)
-        rig.kernel.inject(errno, into: platform == .cca ? .ioctl(.armRMIPopulate)
-                          : .encryptCommand(platform == .snp ? .snpLaunchUpdate : .tdxInitMemRegion), .afterCalls(2))
-        var options = PopulateOptions()
-        options.interruptionLimit = 0
-        do {
-            _ = try rig.populate(samplePlan(platform), options)
-            Issue.record("population should fail")
-        } catch {
-            #expect(error.region == "kernel")
-            #expect(error.nextGPA == PopulationRig.memoryBase + 0x200000 + 100 * 4096)
-            #expect(error.populated == [GuestRange(start: PopulationRig.memoryBase, size: 0x3000),
-                                        GuestRange(start: PopulationRig.memoryBase + 0x200000, size: 100 * 4096)])
-            #expect(error.madePrivate.count == 2)
-            #expect(error.kernelError?.errno == errno || (platform == .snp && error.kernelError?.errno == .ioError))
-            #expect(error.description.contains("populated: [0x200000, 0x203000), [0x400000, 0x464000)"))
-        }
     }
 
     @Test func aNonTransientFaultOnTheFirstCallLeavesNothingPopulated() throws {
