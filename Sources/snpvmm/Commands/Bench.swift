@@ -13,6 +13,7 @@ enum BenchCommand {
         BenchPopulate.benchmark,
         BenchMeasure.benchmark,
         BenchBoot.benchmark,
+        BenchCycles.benchmark,
     ]
 
     static var summary: String {
