@@ -31,6 +31,8 @@ public struct PopulateOptions: Sendable {
     public var finish = true
     /// Where notes such as CPUID corrections go.
     public var log: @Sendable (String) -> Void = { _ in }
+    /// Where separate-source buffers come from and return to.
+    var sourceMemory: any SourceMemory = HeapSourceMemory()
 
     public init() {}
 }
@@ -210,7 +212,7 @@ public final class Populator {
         var source: SourceBuffer?
         // SNP ZERO pages take no source; every other separate-source call gets one.
         if !inPlace && !skip && !(platform == .snp && region.kind == .zero) {
-            source = SourceBuffer(contents)
+            source = SourceBuffer(contents, memory: options.sourceMemory)
             state.report.bytesCopied += UInt64(contents.count)
             clock.lap("fill")
         }
@@ -434,15 +436,35 @@ struct PopulationState {
     }
 }
 
+/// Memory for separate-source buffers. The heap in use; a test gives its
+/// own to look at every buffer's bytes as it comes back.
+protocol SourceMemory: Sendable {
+    func allocate(byteCount: Int) -> UnsafeMutableRawPointer
+    /// Takes back a buffer, already wiped.
+    func deallocate(_ pointer: UnsafeMutableRawPointer, byteCount: Int)
+}
+
+struct HeapSourceMemory: SourceMemory {
+    func allocate(byteCount: Int) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: Int(pageSize))
+    }
+
+    func deallocate(_ pointer: UnsafeMutableRawPointer, byteCount: Int) { pointer.deallocate() }
+}
+
 /// A page-aligned copy of a region's contents for the platform to copy from.
-/// It is wiped (explicit_bzero) before it is freed, as it may hold secrets.
+/// It is wiped (explicit_bzero) before it is freed, as it may hold secrets,
+/// on every path out of the region, failures included.
 final class SourceBuffer {
     let pointer: UnsafeMutableRawPointer
     let count: Int
+    private let memory: any SourceMemory
+    private var byteCount: Int { max(count, Int(pageSize)) }
 
-    init(_ contents: [UInt8]) {
+    init(_ contents: [UInt8], memory: any SourceMemory = HeapSourceMemory()) {
         count = contents.count
-        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(count, Int(pageSize)), alignment: Int(pageSize))
+        self.memory = memory
+        pointer = memory.allocate(byteCount: max(count, Int(pageSize)))
         contents.withUnsafeBytes { if let base = $0.baseAddress { pointer.copyMemory(from: base, byteCount: count) } }
     }
 
@@ -453,14 +475,11 @@ final class SourceBuffer {
     }
 
     /// Zeroes the buffer in a way the compiler may not elide.
-    func wipe() { explicit_bzero(pointer, max(count, Int(pageSize))) }
-
-    /// Whether every byte is zero (for tests of the wipe).
-    var isWiped: Bool { UnsafeRawBufferPointer(start: pointer, count: count).allSatisfy { $0 == 0 } }
+    func wipe() { explicit_bzero(pointer, byteCount) }
 
     deinit {
         wipe()
-        pointer.deallocate()
+        memory.deallocate(pointer, byteCount: byteCount)
     }
 }
 

@@ -259,13 +259,6 @@ struct PlatformCase: Sendable, CustomTestStringConvertible {
         }
     }
 
-    @Test func sourceBuffersAreWipedAfterUse() {
-        let buffer = SourceBuffer(pattern(3, seed: 7))
-        #expect(!buffer.isWiped)
-        buffer.wipe()
-        #expect(buffer.isWiped)
-    }
-
     @Test func thePlainPlatformWritesThroughTheRealGuestMemfd() throws {
         try #require(KVMHost.isUsable, "no usable /dev/kvm on this host")
         let kvm = try KVM.open()
