@@ -45,6 +45,8 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         let base: UInt
         let length: Int
         let target: Target
+        /// The protection the caller asked for, which shared pages keep.
+        var protection: CInt = PROT_READ | PROT_WRITE
     }
 
     /// A signal (or any errno) that arrives after a number of pages of
@@ -110,8 +112,10 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
                 guard flags & MAP_SHARED != 0 else { throw .invalidArgument }
                 let base = try realMap(length, protection, flags, gmem.backing, offset)
                 gmem.references += 1
-                mappings.append(FakeMapping(base: UInt(bitPattern: base), length: length,
-                                            target: .guestMemfd(gmem, offset: UInt64(offset))))
+                let mapping = FakeMapping(base: UInt(bitPattern: base), length: length,
+                                          target: .guestMemfd(gmem, offset: UInt64(offset)), protection: protection)
+                mappings.append(mapping)
+                withholdPrivatePages(of: gmem, in: mapping)
                 return base
             case .vcpu(let vcpu):
                 // kvm_vcpu_mmap: the kvm_run area and the pages after it.
@@ -502,6 +506,43 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
             }
             gmem.pages[index].shared = !toPrivate
         }
+        for mapping in mappings {
+            setHostAccess(mapping, gmem, offset: request.offset, size: request.size, shared: !toPrivate)
+        }
+    }
+
+    // MARK: Host access to private pages
+
+    /// A host access to a private guest_memfd page faults: the fault
+    /// handler answers SIGBUS (`kvm_gmem_fault_user_mapping`), and a
+    /// conversion to private first zaps the host's page-table entries
+    /// (`kvm_gmem_set_attributes` in the in-place conversion series; on 6.18
+    /// a file made without INIT_SHARED is private throughout). The fake
+    /// takes the protection of such pages away (PROT_NONE), so a direct load
+    /// or store faults (SIGSEGV where the kernel raises SIGBUS) and the
+    /// kernel's own copies from them (write(2), MADV_POPULATE_*) fail with
+    /// EFAULT and move no byte.
+    private func withholdPrivatePages(of gmem: FakeGuestMemfd, in mapping: FakeMapping) {
+        guard case .guestMemfd(_, let offset) = mapping.target else { return }
+        let pages = min(UInt64(mapping.length), gmem.size > offset ? gmem.size - offset : 0) / pageSize
+        guard pages > 0 else { return }
+        let first = Int(offset / pageSize)
+        if !gmem.pages.initial.shared {
+            setHostAccess(mapping, gmem, offset: offset, size: pages * pageSize, shared: false)
+        }
+        for index in gmem.pages.touched where index >= first && index < first + Int(pages)
+            && gmem.pages[index].shared != gmem.pages.initial.shared {
+            setHostAccess(mapping, gmem, offset: UInt64(index) * pageSize, size: pageSize, shared: gmem.pages[index].shared)
+        }
+    }
+
+    /// Gives the part of `mapping` that shows file bytes [offset, offset + size)
+    /// of `gmem` back its protection, or takes it away.
+    private func setHostAccess(_ mapping: FakeMapping, _ gmem: FakeGuestMemfd, offset: UInt64, size: UInt64, shared: Bool) {
+        guard case .guestMemfd(let target, let mapped) = mapping.target, target === gmem else { return }
+        let start = max(offset, mapped), end = min(offset + size, mapped + UInt64(mapping.length))
+        guard start < end, let address = UnsafeMutableRawPointer(bitPattern: mapping.base + UInt(start - mapped)) else { return }
+        mprotect(address, Int(end - start), shared ? mapping.protection : PROT_NONE)
     }
 
     // MARK: vCPU ioctls (kvm_vcpu_ioctl, kvm_arch_vcpu_ioctl)

@@ -99,6 +99,26 @@ final class SourceWatchingBackend: PopulationBackend {
         #expect(buffers.first?.zeroedOnReturn == true)
     }
 
+    /// Writes `count` bytes at `address` into a pipe; 0, or the errno when no byte moved.
+    static func copyOut(_ address: UnsafeRawPointer, count: Int) -> Int32 {
+        var ends: [Int32] = [0, 0]
+        guard pipe(&ends) == 0 else { return -1 }
+        defer {
+            close(ends[0])
+            close(ends[1])
+        }
+        let written = write(ends[1], address, count)
+        return written == count ? 0 : written < 0 ? errno : -1
+    }
+
+    @Test func aFileWithoutInitSharedIsPrivateToTheHostThroughout() throws {
+        let rig = try PopulationRig(.snp)
+        #expect(!rig.memfd.flags.contains(.initShared))
+        #expect(kvmError { _ = try rig.mapping.read(at: 0, count: 1) }?.errno == .badAddress)
+        #expect(Self.copyOut(rig.mapping.base, count: 1) == EFAULT)
+        #expect(Self.copyOut(rig.mapping.base + Int(PopulationRig.memorySize) - 1, count: 1) == EFAULT)
+    }
+
     @Test func aPrivatePageCannotBeReadThroughTheGuestMemfdMapping() throws {
         let rig = try PopulationRig(.snp, inPlace: true)
         let offset = 0x1000
@@ -113,6 +133,9 @@ final class SourceWatchingBackend: PopulationBackend {
         #expect(error?.operation == .syscall(.madvise))
         #expect(error?.errno == .badAddress)
         #expect(error?.description.contains("MADV_POPULATE_READ of 2 bytes at offset 0x1000") == true, "\(String(describing: error))")
+        // Nor can the kernel copy it out for the host: write(2) from the mapping moves no byte.
+        #expect(Self.copyOut(rig.mapping.base + offset, count: 16) == EFAULT)
+        #expect(Self.copyOut(rig.mapping.base + 0x100000, count: 16) == 0, "a shared page stays readable")
         // The platform holds the page's bytes, which the host cannot see.
         #expect(rig.fake.contents(of: rig.memfd)?[offset] == samplePlan(.snp).regions[0].contentsBytesForDiff[offset])
     }
