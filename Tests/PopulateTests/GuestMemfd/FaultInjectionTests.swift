@@ -26,7 +26,7 @@ import Testing
     }
 
     @Test(arguments: backends)
-    func timesAlwaysAndAfterCallsModesFireAsNamed(_ backend: Backend) throws {
+    func timesAlwaysAfterCallsAndFromCallModesFireAsNamed(_ backend: Backend) throws {
         let kernel = kernel(backend)
         let kvm = try KVM.open(using: kernel)
         kernel.inject(.interrupted, into: .ioctl(.checkExtension), .times(2))
@@ -35,6 +35,10 @@ import Testing
         kernel.inject(.ioError, into: .ioctl(.getAPIVersion), .afterCalls(2))
         let later = (0..<4).map { _ in kvmError { _ = try kvm.getAPIVersion() }?.errno }
         #expect(later == [nil, nil, .ioError, nil])
+        kernel.inject(.noMemory, into: .ioctl(.getAPIVersion), .fromCall(1))
+        let persistent = (0..<3).map { _ in kvmError { _ = try kvm.getAPIVersion() }?.errno }
+        #expect(persistent == [nil, .noMemory, .noMemory])
+        kernel.clearRules()
         kernel.inject(.badAddress, into: .syscall(.mmap), .always)
         let vm = try kvm.createVM()
         let memfd = try vm.createGuestMemfd(size: 0x1000, flags: [.mmap, .initShared])
