@@ -25,9 +25,8 @@ enum BenchCycles {
     /// How far resident memory may grow without counting as a leak. malloc
     /// keeps freed memory in its arenas and the Swift runtime fills its
     /// metadata caches lazily, so a few pages come and go between samples;
-    /// a leak of even 256 bytes a cycle exceeds this within 1,000 cycles,
-    /// and a leaked guest_memfd mapping (the guest's pages are touched) or
-    /// descriptor shows in its own count at once.
+    /// a leak of 512 bytes a cycle adds twice this over 1,000 cycles, and a
+    /// leaked guest_memfd mapping or descriptor shows in its own count at once.
     static let residentTolerance = 256 << 10
 
     /// The guest's memory, its code and data addresses, and the port it reports on.
