@@ -102,13 +102,31 @@ public struct GuestMemfdFlags: OptionSet, Hashable, Sendable, CustomStringConver
     /// `GUEST_MEMFD_FLAG_NO_DIRECT_MAP`: pages leave the kernel's direct map (7.0-era trees).
     public static let noDirectMap = GuestMemfdFlags(rawValue: CKVM_GUEST_MEMFD_FLAG_NO_DIRECT_MAP)
 
+    /// `GUEST_MEMFD_FLAG_HUGETLB` (the guest_memfd HugeTLB series, unmerged):
+    /// HugeTLB pages of the size `hugetlbPageSize` gives back the file.
+    public static let hugetlb = GuestMemfdFlags(rawValue: CKVM_GUEST_MEMFD_FLAG_HUGETLB)
+
+    /// HugeTLB backing with 2 MiB or 1 GiB pages (the size as log2 in bits 63:58).
+    public static func hugetlb(pageSize: UInt64) -> GuestMemfdFlags {
+        let log2 = UInt64(pageSize.trailingZeroBitCount)
+        return GuestMemfdFlags(rawValue: CKVM_GUEST_MEMFD_FLAG_HUGETLB | (log2 << UInt64(CKVM_GUEST_MEMFD_HUGETLB_SHIFT)))
+    }
+
+    /// The HugeTLB page size these flags ask for, or nil without HUGETLB.
+    public var hugetlbPageSize: UInt64? {
+        guard contains(.hugetlb) else { return nil }
+        return 1 << ((rawValue & CKVM_GUEST_MEMFD_HUGETLB_MASK) >> UInt64(CKVM_GUEST_MEMFD_HUGETLB_SHIFT))
+    }
+
     public var description: String {
         var names: [String] = []
         if contains(.mmap) { names.append("MMAP") }
         if contains(.initShared) { names.append("INIT_SHARED") }
         if contains(.noDirectMap) { names.append("NO_DIRECT_MAP") }
+        if let size = hugetlbPageSize { names.append("HUGETLB(\(size >= 1 << 30 ? "\(size >> 30)G" : "\(size >> 20)M"))") }
         let unknown = rawValue & ~(GuestMemfdFlags.mmap.rawValue | GuestMemfdFlags.initShared.rawValue
-            | GuestMemfdFlags.noDirectMap.rawValue)
+            | GuestMemfdFlags.noDirectMap.rawValue | GuestMemfdFlags.hugetlb.rawValue
+            | (contains(.hugetlb) ? CKVM_GUEST_MEMFD_HUGETLB_MASK : 0))
         if unknown != 0 { names.append("0x" + String(unknown, radix: 16)) }
         return names.isEmpty ? "none" : names.joined(separator: "|")
     }

@@ -49,6 +49,17 @@
 #define CKVM_GUEST_MEMFD_FLAG_INIT_SHARED    (1ULL << 1)
 #define CKVM_GUEST_MEMFD_FLAG_NO_DIRECT_MAP  (1ULL << 2)
 
+/* The guest_memfd HugeTLB series (unmerged; RFC v2 of May 2025): the file is
+ * backed by HugeTLB pages whose size is given as log2 in bits 63:58, as
+ * memfd_create's MFD_HUGE_* do. RFC v2 used bit 2, which NO_DIRECT_MAP has
+ * taken since; this package assumes the next free bit until the series is
+ * merged. KVM_CAP_GUEST_MEMFD_FLAGS lists the bit where the kernel has it. */
+#define CKVM_GUEST_MEMFD_FLAG_HUGETLB        (1ULL << 3)
+#define CKVM_GUEST_MEMFD_HUGETLB_SHIFT       58
+#define CKVM_GUEST_MEMFD_HUGETLB_MASK        (0x3FULL << CKVM_GUEST_MEMFD_HUGETLB_SHIFT)
+#define CKVM_GUEST_MEMFD_HUGETLB_2MB         (21ULL << CKVM_GUEST_MEMFD_HUGETLB_SHIFT)
+#define CKVM_GUEST_MEMFD_HUGETLB_1GB         (30ULL << CKVM_GUEST_MEMFD_HUGETLB_SHIFT)
+
 struct ckvm_create_guest_memfd {
     __u64 size;
     __u64 flags;

@@ -22,6 +22,8 @@ final class FakeGuestMemfd {
     let vm: FakeVM
     let size: UInt64
     let flags: GuestMemfdFlags
+    /// How the file's pages get host frames: its HugeTLB page size, or the profile's placement.
+    let placement: PlacementPolicy
     let backing: CInt
     /// The fake's own mapping of the whole file, through which firmware copies.
     let view: UnsafeMutableRawPointer
@@ -32,11 +34,12 @@ final class FakeGuestMemfd {
     var references = 1
     private(set) var released = false
 
-    init(id: Int, vm: FakeVM, size: UInt64, flags: GuestMemfdFlags) throws(Errno) {
+    init(id: Int, vm: FakeVM, size: UInt64, flags: GuestMemfdFlags, placement: PlacementPolicy) throws(Errno) {
         self.id = id
         self.vm = vm
         self.size = size
         self.flags = flags
+        self.placement = placement
         let (fd, base) = try makeSharedMemory(name: "fake-guest-memfd", size: Int(size))
         backing = fd
         view = base
@@ -52,7 +55,14 @@ final class FakeGuestMemfd {
         guard !released else { return }
         released = true
         for slot in bindings { slot.gmemClosed = true }
-        for index in pages.touched { freePage(index, &host, rmp: &rmp) }
+        let touched = pages.touched
+        // Whole 2 MiB RMP entries go back with one RMPUPDATE each, as their folios are freed whole.
+        for index in touched {
+            if let frame = pages[index].frame, frame % 512 == 0, rmp.entry(frame: frame)?.isLarge == true {
+                rmp.reclaimLarge(base: frame)
+            }
+        }
+        for index in touched { freePage(index, &host, rmp: &rmp) }
         munmap(view, Int(size))
         Glibc.close(backing)
     }
@@ -61,7 +71,7 @@ final class FakeGuestMemfd {
     func allocatePage(_ index: Int, _ host: inout HostMemory) {
         guard !pages[index].allocated else { return }
         pages[index].allocated = true
-        pages[index].frame = host.allocate(file: id, page: UInt64(index))
+        pages[index].frame = host.allocate(file: id, page: UInt64(index), policy: placement)
     }
 
     /// Frees a page: its contents read back as zeros, and the RMP entry of
@@ -71,7 +81,7 @@ final class FakeGuestMemfd {
         guard pages[index].allocated else { return }
         if let frame = pages[index].frame {
             rmp.reclaim(frame: frame)
-            host.free(file: id, page: UInt64(index), frame: frame)
+            host.free(file: id, page: UInt64(index), frame: frame, policy: placement)
         }
         pages[index].allocated = false
         pages[index].prepared = false

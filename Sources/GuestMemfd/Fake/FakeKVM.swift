@@ -62,6 +62,12 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
     public init(profile: HostProfile = .thisMachine) {
         self.profile = profile
         host = HostMemory(bytes: profile.hostMemory, policy: profile.placement)
+        if let rmpopt = profile.snp?.rmpopt {
+            // The series optimises all of memory once SNP is initialised.
+            let regions = Int((profile.hostMemory + (1 << 30) - 1) >> 30)
+            rmp.rmpopt = RMPOPTTable(cpus: rmpopt.cpus, hostRegions: regions)
+            rmp.optimizeAll()
+        }
     }
 
     // MARK: KernelInterface
@@ -79,7 +85,12 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
     public func close(_ fd: CInt) throws(Errno) {
         try mutex.withLock { () throws(Errno) in
             guard let file = files.removeValue(forKey: fd) else { throw .badFileDescriptor }
-            if case .guestMemfd(let gmem) = file { dropReference(gmem) }
+            switch file {
+            case .guestMemfd(let gmem): dropReference(gmem)
+            case .vm(let vm): dropReference(vm)
+            case .vcpu(let vcpu): dropReference(vcpu.vm)
+            case .system, .sevDevice: break
+            }
         }
     }
 
@@ -205,9 +216,30 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         return nextObjectID
     }
 
+    /// Drops a descriptor or mapping of `gmem`; the last one releases the
+    /// file (`kvm_gmem_release`), which then drops its hold on the VM.
     private func dropReference(_ gmem: FakeGuestMemfd) {
         gmem.references -= 1
-        if gmem.references == 0 { gmem.release(&host, rmp: &rmp) }
+        if gmem.references == 0 {
+            gmem.release(&host, rmp: &rmp)
+            dropReference(gmem.vm)
+        }
+    }
+
+    /// Drops a hold on `vm`; the last one destroys it (`kvm_destroy_vm`).
+    /// For SNP (`sev_free_vcpu`, `sev_vm_destroy`) the VMSA pages return to
+    /// the hypervisor and, with RMPOPT, a re-optimisation of all memory is
+    /// scheduled (`snp_rmpopt_all_physmem`: a delayed work, re-armed by each
+    /// destruction, that `runPendingRMPOptimization()` runs).
+    private func dropReference(_ vm: FakeVM) {
+        vm.references -= 1
+        guard vm.references == 0, let snp = vm.snp else { return }
+        for frame in snp.vmsaFrames {
+            rmp.reclaim(frame: frame)
+            host.freeKernelPage(frame)
+        }
+        vm.snp?.vmsaFrames = []
+        if vm.type == .snp, snp.initialised { rmp.rmpopt?.pending = true }
     }
 
     private func realMap(_ length: Int, _ protection: CInt, _ flags: CInt, _ fd: CInt, _ offset: Int) throws(Errno)
@@ -369,16 +401,27 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         if vm.type == .tdx, vm.td?.state != .initialised { throw .ioError }
         let vcpu = try FakeVCPU(id: UInt32(id), vm: vm, runSize: profile.vcpuMmapSize)
         vm.vcpus[UInt32(id)] = vcpu
+        vm.references += 1
         return Int(install(.vcpu(vcpu)))
     }
 
     /// KVM_CREATE_GUEST_MEMFD (kvm_gmem_create).
     private func createGuestMemfd(_ vm: FakeVM, _ request: ckvm_create_guest_memfd) throws(Errno) -> Int {
         let flags = GuestMemfdFlags(rawValue: request.flags)
-        guard profile.guestMemfdFlags(for: vm.type).isSuperset(of: flags) else { throw .invalidArgument }
-        guard Int64(bitPattern: request.size) > 0, request.size % pageSize == 0 else { throw .invalidArgument }
+        var checked = flags, placement = profile.placement, unit = pageSize
+        if profile.guestMemfdHugeTLB, let size = flags.hugetlbPageSize {
+            // The HugeTLB series: the size field names a HugeTLB pool (2 MiB
+            // or 1 GiB here), and the file is made of whole huge pages.
+            guard size == hugePageSize || size == 1 << 30 else { throw .invalidArgument }
+            checked = GuestMemfdFlags(rawValue: flags.rawValue & ~CKVM_GUEST_MEMFD_HUGETLB_MASK)
+            placement = size == hugePageSize ? .contiguous2M : .contiguous1G
+            unit = size
+        }
+        guard profile.guestMemfdFlags(for: vm.type).isSuperset(of: checked) else { throw .invalidArgument }
+        guard Int64(bitPattern: request.size) > 0, request.size % unit == 0 else { throw .invalidArgument }
         // The reserved words are not checked.
-        let gmem = try FakeGuestMemfd(id: objectID(), vm: vm, size: request.size, flags: flags)
+        let gmem = try FakeGuestMemfd(id: objectID(), vm: vm, size: request.size, flags: flags, placement: placement)
+        vm.references += 1
         return Int(install(.guestMemfd(gmem)))
     }
 

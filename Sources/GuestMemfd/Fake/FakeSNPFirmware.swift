@@ -301,9 +301,11 @@ extension FakeKVM {
         for id in vm.vcpus.keys.sorted() {
             let vcpu = vm.vcpus[id]!
             let vmsa = SNPVMSA(regs: vcpu.regs, sregs: vcpu.sregs, sevFeatures: snp.vmsaFeatures).page
-            if let frame = host.allocate(file: -1 - vm.id * 4096 - Int(id), page: 0) {
+            // The VMSA is a page KVM allocates for the vCPU, not guest_memfd memory.
+            if let frame = host.allocateKernelPage() {
                 rmp.assign(frame: frame, gpa: CKVM_SNP_INITIAL_VMSA_GPA, asid: snp.asid, immutable: true,
                            validated: true, isLarge: false)
+                vm.snp?.vmsaFrames.append(frame)
             }
             extendSNPDigest(vm, gpa: CKVM_SNP_INITIAL_VMSA_GPA, type: .vmsa, contentsHash: SHA384.hash(vmsa))
         }

@@ -19,6 +19,10 @@ final class FakeVM {
     /// Whether vCPUs may enter the guest; false until an SNP or TDX launch is finished.
     var runnable: Bool
 
+    /// The VM descriptor, its vCPU descriptors and its guest_memfd files
+    /// each hold the VM (`kvm_get_kvm`); it is destroyed at zero (`kvm_destroy_vm`).
+    var references = 1
+
     var snp: SNPGuestContext?
     var td: TDContext?
     var realm: RealmContext?
@@ -57,6 +61,9 @@ struct SNPGuestContext {
     var pageLog: [FakePlatformPage] = []
     var hostData: [UInt8] = []
     var idBlockEnabled = false
+    /// Host frames of the vCPUs' VMSAs, assigned at LAUNCH_FINISH and
+    /// reclaimed when the vCPUs are freed.
+    var vmsaFrames: [UInt64] = []
 }
 
 /// A page the fake platform measured, as it recorded it.

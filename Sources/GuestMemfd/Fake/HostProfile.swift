@@ -44,6 +44,10 @@ public struct HostProfile: Sendable {
     /// accepted on private-memory VM types, and a population call may name no
     /// source, populating from the page's current contents.
     public var inPlaceConversion: Bool = false
+    /// The guest_memfd HugeTLB series (unmerged): `GUEST_MEMFD_FLAG_HUGETLB`
+    /// with 2 MiB or 1 GiB pages. A file created with it gets contiguous
+    /// runs of that size whatever `placement` says.
+    public var guestMemfdHugeTLB: Bool = false
 
     // MARK: Platforms
 
@@ -56,7 +60,7 @@ public struct HostProfile: Sendable {
 
     /// Simulated host physical memory, for placement and the RMP.
     public var hostMemory: UInt64 = 64 << 30
-    /// How host frames are handed to guest_memfd pages.
+    /// How host frames are handed to guest_memfd pages created without HugeTLB.
     public var placement: PlacementPolicy = .scattered4K
 
     /// Whether `type` has private memory on this host (`kvm_arch_has_private_mem`).
@@ -67,8 +71,9 @@ public struct HostProfile: Sendable {
     /// MMAP always; INIT_SHARED only where memory cannot be private, unless
     /// guest_memfd converts in place.
     func guestMemfdFlags(for type: VMType?) -> GuestMemfdFlags {
-        if let type, hasPrivateMemory(type), !inPlaceConversion { return [.mmap] }
-        return [.mmap, .initShared]
+        let hugetlb: GuestMemfdFlags = guestMemfdHugeTLB ? .hugetlb : []
+        if let type, hasPrivateMemory(type), !inPlaceConversion { return [.mmap, hugetlb] }
+        return [.mmap, .initShared, hugetlb]
     }
 
     /// Attributes `KVM_SET_MEMORY_ATTRIBUTES` accepts (`kvm_supported_mem_attributes`).
@@ -110,8 +115,25 @@ public struct SNPFirmwareProfile: Sendable {
     /// CPUID leaves the firmware accepts in a CPUID page, keyed by
     /// (function, index), with the register values it enforces.
     public var cpuid: [SNPCPUIDLeaf] = SNPCPUIDLeaf.defaultTable
+    /// RMPOPT (CPUID 0x80000025 EDX bit 0) and the kernel series that drives
+    /// it, where the host has them.
+    public var rmpopt: RMPOPTProfile?
 
     public init() {}
+}
+
+/// The RMPOPT support a profile offers (kvm-uapi.md §10; Ashish Kalra's
+/// RMPOPT series, unmerged). The kernel optimises all memory once SNP is
+/// initialised and, after an SNP VM is destroyed, again from a delayed work
+/// about 10 s after the last destruction (`snp_rmpopt_all_physmem`).
+public struct RMPOPTProfile: Sendable {
+    /// CPUs whose RMPOPT tables the kernel programs (one per core).
+    public var cpus: Int = 8
+    /// The series revision whose interfaces the host has: v1 offered a
+    /// configfs knob and a debugfs view, later revisions the debugfs view only.
+    public var series: String = "v8"
+
+    public init(cpus: Int = 8) { self.cpus = cpus }
 }
 
 /// The TDX module a profile offers.
@@ -161,6 +183,20 @@ extension HostProfile {
         profile.bindingOverlapErrno = .fileExists
         profile.reworkedPopulation = true
         profile.inPlaceConversion = true
+        return profile
+    }
+
+    /// An SEV-SNP host with RMPOPT: the RMPOPT series and the guest_memfd
+    /// HugeTLB series (both unmerged), with hugepage-aware population that
+    /// keeps 2 MiB RMP entries, on `hostMemory` of RAM.
+    public static func snpRMPOPTHost(hostMemory: UInt64 = 64 << 30, cpus: Int = 8) -> HostProfile {
+        var profile = snpHost
+        profile.name = "snp-rmpopt-host"
+        profile.kernel = "6.18 + RMPOPT v8 + guest_memfd HugeTLB series"
+        profile.guestMemfdHugeTLB = true
+        profile.hostMemory = hostMemory
+        profile.snp?.largeRMPEntries = true
+        profile.snp?.rmpopt = RMPOPTProfile(cpus: cpus)
         return profile
     }
 

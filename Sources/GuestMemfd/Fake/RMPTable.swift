@@ -21,22 +21,125 @@ struct RMPTable {
     private(set) var entries: [UInt64: RMPEntry] = [:]
     /// RMPUPDATE instructions issued (each 4 KiB or 2 MiB entry counts once).
     private(set) var updates = 0
+    /// Assigned frames per 1 GiB region, by ASID: what RMPOPT's verification
+    /// reads, kept per region so that a pass costs one look-up per region.
+    private(set) var assignedByRegion: [UInt64: [UInt32: Int]] = [:]
+    /// The CPUs' RMPOPT tables, where the host has RMPOPT.
+    var rmpopt: RMPOPTTable?
+
+    static let regionFrames: UInt64 = 262_144
 
     func entry(frame: UInt64) -> RMPEntry? { entries[frame] }
 
-    /// RMPUPDATE to guest-owned (`rmp_make_private`).
+    /// RMPUPDATE to guest-owned (`rmp_make_private`). Making a page assigned
+    /// clears its region's RMPOPT bit on every CPU (the hardware does this).
     mutating func assign(frame: UInt64, gpa: UInt64, asid: UInt32, immutable: Bool, validated: Bool, isLarge: Bool,
                          countsAsUpdate: Bool = true) {
+        if let old = entries[frame] { uncount(frame: frame, asid: old.asid) }
         entries[frame] = RMPEntry(assigned: true, asid: asid, validated: validated, immutable: immutable,
                                   isLarge: isLarge, gpa: gpa)
+        assignedByRegion[frame / Self.regionFrames, default: [:]][asid, default: 0] += 1
+        rmpopt?.clear(region: frame / Self.regionFrames)
         if countsAsUpdate { updates += 1 }
     }
 
     /// RMPUPDATE back to hypervisor-owned (`rmp_make_shared`, page reclaim).
+    /// A frame inside a 2 MiB entry is split out first (PSMASH, which is
+    /// not an RMPUPDATE), as `snp_reclaim_pages` does for a partial range.
     mutating func reclaim(frame: UInt64) {
-        if entries.removeValue(forKey: frame) != nil { updates += 1 }
+        guard let entry = entries.removeValue(forKey: frame) else { return }
+        if entry.isLarge {
+            let base = frame / 512 * 512
+            for other in base..<(base + 512) where entries[other] != nil { entries[other]!.isLarge = false }
+        }
+        uncount(frame: frame, asid: entry.asid)
+        updates += 1
+    }
+
+    /// One RMPUPDATE returning a whole 2 MiB entry to the hypervisor, when
+    /// the 2 MiB folio behind it is freed at once (`sev_gmem_invalidate`).
+    mutating func reclaimLarge(base: UInt64) {
+        for frame in base..<(base + 512) {
+            if let entry = entries.removeValue(forKey: frame) { uncount(frame: frame, asid: entry.asid) }
+        }
+        updates += 1
+    }
+
+    private mutating func uncount(frame: UInt64, asid: UInt32) {
+        let region = frame / Self.regionFrames
+        guard var owners = assignedByRegion[region], let count = owners[asid] else { return }
+        owners[asid] = count > 1 ? count - 1 : nil
+        assignedByRegion[region] = owners.isEmpty ? nil : owners
     }
 
     /// Frames currently assigned to a guest.
     var assignedFrames: Dictionary<UInt64, RMPEntry>.Keys { entries.keys }
+
+    /// RMPOPT function 0 on every CPU for every region it covers
+    /// (`snp_rmpopt_all_physmem`'s work, `rmpopt_all_physmem`).
+    mutating func optimizeAll() {
+        guard var table = rmpopt else { return }
+        for cpu in 0..<table.cpus {
+            for region in 0..<table.regions {
+                table.optimize(cpu: cpu, region: region, hasAssignedPages: assignedByRegion[UInt64(region)] != nil)
+            }
+        }
+        table.passes += 1
+        table.pending = false
+        rmpopt = table
+    }
+}
+
+/// The RMPOPT tables (kvm-uapi.md §10, "AMD RMPOPT", unmerged series): per
+/// CPU, one bit per 1 GiB region from MSR_AMD64_RMPOPT_BASE, covering up to
+/// 2 TB. A set bit lets that CPU skip RMP checks on host writes to the
+/// region. Software sets bits with RMPOPT function 0, which verifies that
+/// the region holds no assigned page; any RMPUPDATE that assigns a page
+/// clears the region's bit on all CPUs.
+struct RMPOPTTable {
+    /// Regions one table covers (2 TB from the base).
+    static let coverage = 2048
+
+    let cpus: Int
+    /// Regions covered: host memory up to `coverage`.
+    let regions: Int
+    /// Bit `region` of CPU `cpu`'s table is bit `region % 64` of word `cpu * words + region / 64`.
+    private var bits: [UInt64]
+    private let words: Int
+    /// RMPOPT instructions executed.
+    private(set) var instructions = 0
+    /// Passes over all memory run so far.
+    var passes = 0
+    /// A re-optimisation is scheduled (the delayed work after `sev_vm_destroy`).
+    var pending = false
+
+    init(cpus: Int, hostRegions: Int) {
+        self.cpus = cpus
+        regions = min(hostRegions, Self.coverage)
+        words = (regions + 63) / 64
+        bits = [UInt64](repeating: 0, count: cpus * words)
+    }
+
+    func isOptimized(cpu: Int, region: Int) -> Bool {
+        guard region < regions else { return false }
+        return bits[cpu * words + region / 64] & (1 << UInt64(region % 64)) != 0
+    }
+
+    /// RMPOPT function 0 on `cpu`: sets the bit when the region holds no
+    /// assigned page and reports the result (the carry flag).
+    @discardableResult
+    mutating func optimize(cpu: Int, region: Int, hasAssignedPages: Bool) -> Bool {
+        guard region < regions else { return false }
+        instructions += 1
+        let word = cpu * words + region / 64, bit: UInt64 = 1 << UInt64(region % 64)
+        if hasAssignedPages { bits[word] &= ~bit } else { bits[word] |= bit }
+        return !hasAssignedPages
+    }
+
+    /// The hardware clearing on RMPUPDATE: every CPU's bit for `region`.
+    mutating func clear(region: UInt64) {
+        guard region < UInt64(regions) else { return }
+        let bit: UInt64 = 1 << (region % 64)
+        for cpu in 0..<cpus { bits[cpu * words + Int(region / 64)] &= ~bit }
+    }
 }
