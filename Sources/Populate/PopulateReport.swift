@@ -18,6 +18,8 @@ public struct PopulateReport: Sendable, Equatable, CustomStringConvertible {
     public var phaseSeconds: [String: Double] = [:]
     /// How guest memory was faulted in ahead of the guest, if it was.
     public var prePopulation: String?
+    /// The host pages backing guest memory, and why not those asked for.
+    public var backing: String?
 
     mutating func countUnits(_ range: GuestRange) {
         let start = range.start.rawValue, end = start + range.size
@@ -45,6 +47,7 @@ public struct PopulateReport: Sendable, Equatable, CustomStringConvertible {
             "ioctls: \(ioctls), bytes copied: \(bytesCopied), retries: \(retries)",
             "time: \(phases.joined(separator: ", "))",
         ]
+        if let backing { lines.append("backing: \(backing)") }
         if let prePopulation { lines.append("pre-population: \(prePopulation)") }
         return lines.joined(separator: "\n")
     }

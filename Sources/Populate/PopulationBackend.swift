@@ -129,8 +129,14 @@ public struct GuestMemoryLayout {
     }
 
     public var slots: [Slot]
+    /// How the guest_memfd behind the slots is backed, where it was created
+    /// by `Populator.createGuestMemfd`; the population report repeats it.
+    public var backing: BackingOutcome?
 
-    public init(slots: [Slot]) { self.slots = slots }
+    public init(slots: [Slot], backing: BackingOutcome? = nil) {
+        self.slots = slots
+        self.backing = backing
+    }
 
     /// The slot holding `gpa`, and the byte offset of `gpa` in its mapping.
     func locate(_ gpa: UInt64) -> (slot: Slot, offset: Int)? {

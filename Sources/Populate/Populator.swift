@@ -29,6 +29,9 @@ public struct PopulateOptions: Sendable {
     public var maximumCallBytes: UInt64 = 64 << 20
     /// Whether to finish the launch (LAUNCH_FINISH, FINALIZE_VM) at the end.
     public var finish = true
+    /// The host pages to ask for when creating guest memory through
+    /// `Populator.createGuestMemfd(vm:size:flags:options:)`.
+    public var backing: GuestMemoryBacking = .pages4K
     /// Where notes such as CPUID corrections go.
     public var log: @Sendable (String) -> Void = { _ in }
     /// Where separate-source buffers come from and return to.
@@ -102,6 +105,7 @@ public final class Populator {
         clock.lap("validate")
 
         var state = PopulationState(platform: capabilities.platform, algorithm: capabilities.measurement, policy: policy)
+        state.report.backing = memory.backing?.description
         var tdx = TDXMeasurement()
         var cca = CCARealmMeasurement(parameters: (backend as? CCABackend)?.parameters ?? CCABackend.defaultParameters)
         for (index, region) in plan.regions.enumerated() {
