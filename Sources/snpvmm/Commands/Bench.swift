@@ -14,6 +14,7 @@ enum BenchCommand {
         BenchMeasure.benchmark,
         BenchBoot.benchmark,
         BenchCycles.benchmark,
+        BenchRMPOPT.benchmark,
     ]
 
     static var summary: String {

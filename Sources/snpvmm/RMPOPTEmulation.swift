@@ -1,0 +1,206 @@
+import GuestMemfd
+import Populate
+
+/// Guests launched on an emulated SEV-SNP host with RMPOPT (FakeKVM's
+/// `snpRMPOPTHost` profile) through the Populate engine, so that
+/// `snpvmm rmp status --emulate` and `snpvmm bench rmpopt` show what
+/// placement does to the host's RMPOPT tables.
+///
+/// Each guest is an SNP VM with one vCPU and one guest_memfd of
+/// `guestSize` bytes created with the backing asked for; its whole memory
+/// is private and populated (a 64 KiB image at the top, ZERO pages below),
+/// so every page is assigned in the RMP, as it is once a guest has
+/// accepted all of its memory.
+final class RMPOPTEmulation {
+    /// What the command line asked for.
+    struct Setup: Equatable {
+        var hostMemory: UInt64 = 64 << 30
+        var guests = 4
+        var guestSize: UInt64 = 256 << 20
+        var cpus = 8
+        var backing: GuestMemoryBacking = .huge1G
+    }
+
+    /// The state of the host's regions at one moment.
+    struct Snapshot {
+        var regions: [RMPOPTRegion]
+        var cpus: Int
+        var rmpUpdates: Int
+
+        var optimized: Int { regions.filter { $0.optimizedCPUs.count == cpus }.count }
+        var withPrivatePages: Int { regions.filter { $0.assignedPages > 0 }.count }
+    }
+
+    private struct Guest {
+        let vm: VM
+        let snp: SEVSNP
+        let vcpu: VCPU
+        let memfd: GuestMemfd
+        let mapping: GuestMemoryMapping
+        let asid: UInt32
+    }
+
+    let setup: Setup
+    let fake: FakeKVM
+    private var guests: [Guest] = []
+    /// What the guest_memfds got (the same for every guest).
+    private(set) var backing: BackingOutcome?
+    /// RMP updates issued by the launches alone.
+    private(set) var launchUpdates = 0
+
+    static let imageSize: UInt64 = 64 << 10
+
+    init(_ setup: Setup) {
+        self.setup = setup
+        fake = FakeKVM(profile: .snpRMPOPTHost(hostMemory: setup.hostMemory, cpus: setup.cpus))
+    }
+
+    /// Launches every guest, populating and finishing each.
+    func launch() throws {
+        let kvm = try KVM.open(using: fake)
+        var options = PopulateOptions()
+        options.backing = setup.backing
+        for _ in 0..<setup.guests {
+            let vm = try kvm.createVM(type: .snp)
+            let snp = try SEVSNP(vm: vm)
+            try snp.init2()
+            let vcpu = try vm.createVCPU(id: 0)
+            let (memfd, outcome) = try Populator.createGuestMemfd(vm: vm, size: setup.guestSize, flags: [.mmap],
+                                                                  options: options)
+            backing = outcome
+            let mapping = try memfd.map()
+            try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: mapping,
+                                                          size: setup.guestSize))
+            // SMT allowed, the reserved bit set, ABI 0.0.
+            try snp.launchStart(policy: 0x30000)
+            let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: setup.guestSize), mapping: mapping)],
+                                           backing: outcome)
+            let backend = try SNPBackend(vm: vm, snp: snp, memory: layout, vcpus: [vcpu])
+            _ = try Populator(backend: backend, memory: layout, options: options).populate(plan())
+            guests.append(Guest(vm: vm, snp: snp, vcpu: vcpu, memfd: memfd, mapping: mapping,
+                                asid: fake.snpASID(of: vm) ?? 0))
+        }
+        launchUpdates = fake.rmpUpdates
+    }
+
+    /// The plan: a 64 KiB image at the top of guest memory, ZERO pages below.
+    private func plan() -> LaunchPlan {
+        let imageStart = setup.guestSize - Self.imageSize
+        let image = (0..<Int(Self.imageSize)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ ($0 >> 12)) }
+        return LaunchPlan(regions: [
+            PlanRegion(name: "image", range: GuestRange(start: imageStart, size: Self.imageSize), contents: .bytes(image)),
+            PlanRegion(name: "ram", range: GuestRange(start: 0, size: imageStart), contents: .zeros, kind: .zero),
+        ])
+    }
+
+    /// Destroys every guest (unmapping and closing its descriptors), then
+    /// runs the re-optimisation the kernel schedules after the last one.
+    func teardown() {
+        guests.removeAll()
+        fake.runPendingRMPOptimization()
+    }
+
+    func snapshot() -> Snapshot {
+        Snapshot(regions: fake.rmpoptRegions, cpus: fake.rmpoptCPUs, rmpUpdates: fake.rmpUpdates)
+    }
+
+    /// Guest numbers (from 1, in launch order) by ASID.
+    var guestNumbers: [UInt32: Int] {
+        Dictionary(uniqueKeysWithValues: guests.enumerated().map { ($1.asid, $0 + 1) })
+    }
+
+    /// A size: a number with the suffix K, M, G or T (optionally followed by
+    /// "iB" or "B"), or a number of bytes.
+    static func parseSize(_ text: String) -> UInt64? {
+        var digits = Substring(text)
+        for suffix in ["iB", "B"] where digits.count > 1 && digits.hasSuffix(suffix) {
+            digits = digits.dropLast(suffix.count)
+            break
+        }
+        var shift: UInt64 = 0
+        if let last = digits.last, last.isLetter {
+            switch last.uppercased() {
+            case "K": shift = 10
+            case "M": shift = 20
+            case "G": shift = 30
+            case "T": shift = 40
+            default: return nil
+            }
+            digits = digits.dropLast()
+        }
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let count = UInt64(digits) else { return nil }
+        let (bytes, overflow) = count.multipliedReportingOverflow(by: 1 << shift)
+        return overflow ? nil : bytes
+    }
+
+    /// A size in the largest unit that divides it: "64 GiB", "192 MiB".
+    static func sizeText(_ bytes: UInt64) -> String {
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] where bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return "\(bytes >> UInt64(shift)) \(unit)"
+        }
+        return "\(bytes) bytes"
+    }
+
+    /// Reads the options `rmp status --emulate` and `bench rmpopt` share;
+    /// returns false for an argument that is not one of them, and throws a
+    /// one-line usage message for a bad value.
+    static func parseSharedOption(_ arguments: [String], _ index: inout Int, into setup: inout Setup)
+        throws(EmulationUsageError) -> Bool
+    {
+        let name = arguments[index]
+        func value() throws(EmulationUsageError) -> String {
+            index += 1
+            guard index < arguments.count else { throw EmulationUsageError("\(name) needs a value") }
+            return arguments[index]
+        }
+        switch name {
+        case "--host-memory":
+            let text = try value()
+            guard let size = parseSize(text), size >= 2 << 30, size % (1 << 30) == 0, size <= 4 << 40 else {
+                throw EmulationUsageError("--host-memory '\(text)' must be a whole number of GiB from 2G to 4T, such as 64G")
+            }
+            setup.hostMemory = size
+        case "--guests":
+            let text = try value()
+            guard let count = Int(text), count >= 1, count <= 1024 else {
+                throw EmulationUsageError("--guests '\(text)' must be a count from 1 to 1024")
+            }
+            setup.guests = count
+        case "--guest-size":
+            let text = try value()
+            guard let size = parseSize(text), size >= 2 << 20, size % (2 << 20) == 0 else {
+                throw EmulationUsageError("--guest-size '\(text)' must be a multiple of 2 MiB, at least 2M, such as 256M")
+            }
+            setup.guestSize = size
+        case "--cpus":
+            let text = try value()
+            guard let count = Int(text), count >= 1, count <= 512 else {
+                throw EmulationUsageError("--cpus '\(text)' must be a count from 1 to 512")
+            }
+            setup.cpus = count
+        default:
+            return false
+        }
+        return true
+    }
+
+    /// Checks that the guests fit the host under `backing`: each guest's
+    /// memory rounds up to whole huge pages, the first GiB is the host
+    /// kernel's, and 1 GiB pages take whole regions.
+    static func checkFits(_ setup: Setup, backing: GuestMemoryBacking) throws(EmulationUsageError) {
+        let page = backing.pageSize
+        let perGuest = (setup.guestSize + page - 1) / page * page
+        let (total, overflow) = perGuest.multipliedReportingOverflow(by: UInt64(setup.guests))
+        guard !overflow, total <= setup.hostMemory - (1 << 30) else {
+            throw EmulationUsageError("\(setup.guests) guests of \(sizeText(setup.guestSize)) with \(backing) need "
+                + "\(overflow ? "more than the host has" : sizeText(total)), more than the \(sizeText(setup.hostMemory - (1 << 30))) "
+                + "a \(sizeText(setup.hostMemory)) host has above its kernel's first GiB")
+        }
+    }
+}
+
+/// A command-line mistake in the emulation options, as one line.
+struct EmulationUsageError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
