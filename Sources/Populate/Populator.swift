@@ -114,11 +114,17 @@ public final class Populator {
                 clock.lap("fill")
                 continue
             }
-            let contents: [UInt8]
-            do {
-                contents = try LaunchPlan.pageContents(of: region, index: index)
-            } catch {
-                throw state.failure(.contents(error.description))
+            var contents: [UInt8] = []
+            // SNP ZERO pages from a separate source take no bytes from the
+            // host (the firmware clears them), so none are made for them.
+            var bytesUnused = capabilities.platform == .snp && policy == .separateSource && region.kind == .zero
+            if case .zeros = region.contents {} else { bytesUnused = false }
+            if !bytesUnused {
+                do {
+                    contents = try LaunchPlan.pageContents(of: region, index: index)
+                } catch {
+                    throw state.failure(.contents(error.description))
+                }
             }
             let hashes = measuredPageHashes(region, contents)
             try populateRegion(region, contents: contents, hashes: hashes, state: &state, clock: &clock,
@@ -231,6 +237,7 @@ public final class Populator {
         clock.lap("populate")
 
         // The expected measurement for TDX and CCA (SNP is chained call by call).
+        guard platform == .tdx || platform == .cca else { return }
         contents.withUnsafeBytes { raw in
             for page in 0..<Int(pages) {
                 let gpa = range.start.rawValue + UInt64(page) * pageSize

@@ -16,7 +16,7 @@ final class RMPOPTEmulation {
     struct Setup: Equatable {
         var hostMemory: UInt64 = 64 << 30
         var guests = 4
-        var guestSize: UInt64 = 256 << 20
+        var guestSize: UInt64 = 128 << 20
         var cpus = 8
         var backing: GuestMemoryBacking = .huge1G
     }

@@ -134,6 +134,8 @@ static const int CKVM_MADV_POPULATE_WRITE = MADV_POPULATE_WRITE;
 static const int CKVM_FALLOC_FL_KEEP_SIZE = 0x01;
 static const int CKVM_FALLOC_FL_PUNCH_HOLE = 0x02;
 static const int CKVM_FALLOC_FL_ZERO_RANGE = 0x10;
+/* lseek(2) whence: the next offset holding data (needs _GNU_SOURCE in libc). */
+static const int CKVM_SEEK_DATA = 3;
 
 /* The exit union of struct kvm_run starts at byte 32 on every architecture. */
 static inline struct ckvm_memory_fault_exit *_Nonnull ckvm_run_memory_fault(struct kvm_run *_Nonnull run) {

@@ -88,6 +88,16 @@ final class FakeGuestMemfd {
         pages[index].frame = nil
     }
 
+    /// Whether page `index` is a hole of the memfd, which reads as zeros:
+    /// SEEK_DATA from its offset lands past it (or finds no data at all).
+    /// Pages in memory or in swap both count as data.
+    func isHole(_ index: Int) -> Bool {
+        let offset = off_t(index) * off_t(pageSize)
+        let data = lseek(backing, offset, CKVM_SEEK_DATA)
+        if data < 0 { return errno == ENXIO }
+        return data >= offset + off_t(pageSize)
+    }
+
     /// Bytes of page `index` in the fake's view.
     func pageBytes(_ index: Int) -> UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(start: view + index * Int(pageSize), count: Int(pageSize))

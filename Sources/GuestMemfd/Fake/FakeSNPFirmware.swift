@@ -251,8 +251,10 @@ extension FakeKVM {
                        isLarge: pages > 1, countsAsUpdate: offset == 0)
             switch type {
             case .zero:
-                // The firmware zeroes the page.
-                bytes.initializeMemory(as: UInt8.self, repeating: 0)
+                // The firmware zeroes the page. A hole of the memfd already
+                // reads as zero and is left alone, so that zeroing a large
+                // guest does not allocate its memory in this process.
+                if !gmem.isHole(page) { bytes.initializeMemory(as: UInt8.self, repeating: 0) }
             case .secrets:
                 // The firmware fills the secrets page (VMPCKs and the like); the host learns nothing of it.
                 let secret = SHA384.hash(Array("fake secrets page, asid \(asid)".utf8)).bytes
