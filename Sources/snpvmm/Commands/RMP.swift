@@ -13,9 +13,12 @@ import Populate
 /// why ("available": false in JSON). 2 is a usage error.
 enum RMPCommand {
     static let summary = """
-        rmp status [--json]  RMPOPT state of this host's 1 GiB regions (kernel debugfs/configfs),
-                             or with --emulate [--host-memory SIZE] [--guests N] [--guest-size SIZE]
-                             [--policy 4k|2m|1g] [--cpus N] [--teardown] of guests launched on an emulated host
+        rmp status [--json] [--emulate ...]
+                            RMPOPT state of this host's 1 GiB regions (kernel debugfs,
+                            v1 configfs), or with --emulate [--host-memory SIZE]
+                            [--guests N] [--guest-size SIZE] [--policy 4k|2m|1g]
+                            [--cpus N] [--teardown] of guests on an emulated host;
+                            exit status 0 also where the host has no RMPOPT
         """
 
     static func run(_ arguments: [String]) -> ExitCode {
