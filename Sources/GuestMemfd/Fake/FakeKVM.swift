@@ -61,7 +61,7 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
 
     public init(profile: HostProfile = .thisMachine) {
         self.profile = profile
-        host = HostMemory(bytes: profile.hostMemory, policy: profile.placement)
+        host = HostMemory(bytes: profile.hostMemory)
         if let rmpopt = profile.snp?.rmpopt {
             // The series optimises all of memory once SNP is initialised.
             let regions = Int((profile.hostMemory + (1 << 30) - 1) >> 30)

@@ -12,8 +12,6 @@
 /// as the kernel's own allocations and reserved huge pages do not mix.
 struct HostMemory {
     let frames: UInt64
-    /// The placement of files that ask for none (no HugeTLB flag).
-    let defaultPolicy: PlacementPolicy
 
     /// Frames handed out one by one (scattered pages and kernel pages).
     private var single = Set<UInt64>()
@@ -40,9 +38,8 @@ struct HostMemory {
         var used: UInt64
     }
 
-    init(bytes: UInt64, policy: PlacementPolicy) {
+    init(bytes: UInt64) {
         frames = bytes / pageSize
-        defaultPolicy = policy
     }
 
     static let framesPer2M: UInt64 = 512
