@@ -8,9 +8,19 @@ public struct FileReadError: Error, Equatable, Sendable, CustomStringConvertible
     public var errno: Int32
     /// What was being done: "open", "read", "stat".
     public var operation: String
+    /// Why, where no errno says it ("not a regular file").
+    public var reason: String?
+
+    init(path: String, errno: Int32, operation: String, reason: String? = nil) {
+        self.path = path
+        self.errno = errno
+        self.operation = operation
+        self.reason = reason
+    }
 
     public var description: String {
-        "cannot \(operation) \(path): \(String(cString: strerror(errno))) (errno \(errno))"
+        if let reason { return "cannot \(operation) \(path): \(reason)" }
+        return "cannot \(operation) \(path): \(String(cString: strerror(errno))) (errno \(errno))"
     }
 }
 
@@ -19,12 +29,8 @@ public struct FileReadError: Error, Equatable, Sendable, CustomStringConvertible
 public enum FileBytes {
     /// The whole file at `path`.
     public static func read(_ path: String) throws(FileReadError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw FileReadError(path: path, errno: errno, operation: "open") }
+        let (fd, status) = try openRegularFile(path)
         defer { close(fd) }
-        var status = stat()
-        guard fstat(fd, &status) == 0 else { throw FileReadError(path: path, errno: errno, operation: "stat") }
-        if (status.st_mode & S_IFMT) == S_IFDIR { throw FileReadError(path: path, errno: EISDIR, operation: "read") }
         var bytes = [UInt8]()
         bytes.reserveCapacity(max(Int(status.st_size), 0))
         var chunk = [UInt8](repeating: 0, count: 1 << 20)
@@ -55,8 +61,7 @@ public enum FileBytes {
     public static func read(_ path: String, offset: UInt64, into destination: UnsafeMutableRawBufferPointer)
         throws(FileReadError) -> Int
     {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw FileReadError(path: path, errno: errno, operation: "open") }
+        let (fd, _) = try openRegularFile(path)
         defer { close(fd) }
         guard let base = destination.baseAddress else { return 0 }
         var done = 0
@@ -72,5 +77,30 @@ public enum FileBytes {
             done += count
         }
         return done
+    }
+
+    /// Opens `path` for reading and checks that it is a regular file. The
+    /// open does not block, so a FIFO with no writer is refused rather than
+    /// waited on, and a device such as /dev/zero is refused rather than read
+    /// without end.
+    static func openRegularFile(_ path: String) throws(FileReadError) -> (fd: CInt, status: stat) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { throw FileReadError(path: path, errno: errno, operation: "open") }
+        var status = stat()
+        guard fstat(fd, &status) == 0 else {
+            let error = errno
+            close(fd)
+            throw FileReadError(path: path, errno: error, operation: "stat")
+        }
+        switch status.st_mode & S_IFMT {
+        case S_IFREG:
+            return (fd, status)
+        case S_IFDIR:
+            close(fd)
+            throw FileReadError(path: path, errno: EISDIR, operation: "read")
+        default:
+            close(fd)
+            throw FileReadError(path: path, errno: EINVAL, operation: "read", reason: "not a regular file")
+        }
     }
 }

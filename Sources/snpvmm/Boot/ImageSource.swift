@@ -28,11 +28,12 @@ struct ImageSource: Sendable {
         self.storage = .bytes(bytes)
     }
 
-    /// Opens `path` for reading.
+    /// Opens `path` for reading. The open does not block, so a FIFO with
+    /// no writer is refused as not a regular file rather than waited on.
     ///
     /// - Throws: `ImageError.unreadable` naming the file and the errno's text.
     init(path: String, role: String) throws(ImageError) {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw .unreadable(role: role, path: path, reason: String(cString: strerror(errno))) }
         let descriptor = FileDescriptor(fd)
         var info = stat()
