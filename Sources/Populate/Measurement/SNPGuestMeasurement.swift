@@ -54,6 +54,10 @@ public struct SNPGuestMeasurement: Sendable {
                                        type: .normal, source: .firmware(offset: 0)))
         }
         let sections = image.sevMetadata ?? []
+        let metadataPages = sections.reduce(UInt64(0)) { $0 + UInt64($1.size) / 4096 }
+        guard metadataPages <= Self.maximumMetadataPages else {
+            throw .metadataTooLarge(pages: metadataPages, sections: sections.count)
+        }
         for (index, section) in sections.enumerated() {
             func pages(_ type: SNPPageType) throws(SNPMeasurementError) -> SNPLaunchStep {
                 guard section.size % 4096 == 0 else { throw .sectionNotWholePages(index: index, section: section) }
@@ -124,6 +128,13 @@ public struct SNPGuestMeasurement: Sendable {
         return digest.value
     }
 
+    /// The most pages the SEV metadata sections may ask to be measured, in
+    /// all: 4 GiB, the whole 32-bit space the firmware runs in. Real images
+    /// ask for a few hundred KiB; the bound keeps a damaged image (thousands
+    /// of 4 GiB sections) from making the measurement run for hours, one
+    /// SHA-384 per page.
+    public static let maximumMetadataPages: UInt64 = 1 << 20
+
     static func checkFirmwareSize(_ image: OVMFImage) throws(SNPMeasurementError) {
         guard UInt64(image.bytes.count) <= OVMFImage.end else { throw .firmwareTooLarge(size: image.bytes.count) }
         guard image.bytes.count % 4096 == 0 else { throw .firmwareNotWholePages(size: image.bytes.count) }
@@ -188,6 +199,7 @@ public enum SNPMeasurementError: Error, Equatable, Sendable, CustomStringConvert
     case noKernelHashesSection
     case missingResetBlock
     case noAPResetAddress(vcpus: Int)
+    case metadataTooLarge(pages: UInt64, sections: Int)
 
     public var description: String {
         func describe(_ index: Int, _ section: SEVMetadataSection) -> String {
@@ -212,6 +224,8 @@ public enum SNPMeasurementError: Error, Equatable, Sendable, CustomStringConvert
             return "Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section"
         case .missingResetBlock:
             return "Can't find SEV_ES_RESET_BLOCK_GUID entry in OVMF table"
+        case .metadataTooLarge(let pages, let sections):
+            return "the \(sections) SEV metadata sections ask for \(pages) pages (0x\(String(pages * 4096, radix: 16)) bytes) to be measured; at most 4 GiB is accepted"
         case .noAPResetAddress(let vcpus):
             return "the OVMF SEV_ES_RESET_BLOCK gives AP reset address 0, so no AP VMSA exists for \(vcpus) vCPUs"
         }

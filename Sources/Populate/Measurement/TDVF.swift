@@ -52,6 +52,7 @@ public enum TDVFError: Error, Equatable, Sendable, CustomStringConvertible {
     case tooFewSections(UInt32)
     case lengthMismatch(length: UInt32, sections: UInt32)
     case invalidSection(index: Int, reason: String)
+    case tooManyPages(pages: UInt64)
 
     public var description: String {
         switch self {
@@ -67,6 +68,8 @@ public enum TDVFError: Error, Equatable, Sendable, CustomStringConvertible {
         case .lengthMismatch(let length, let sections):
             return "TDVF metadata length 0x\(String(length, radix: 16)) does not match \(sections) sections (expected 0x\(String(16 + 32 * UInt64(sections), radix: 16)))"
         case .invalidSection(let index, let reason): return "TDVF metadata section \(index): \(reason)"
+        case .tooManyPages(let pages):
+            return "TDVF metadata sections add \(pages) pages (0x\(String(pages * 4096, radix: 16)) bytes) at build time; at most 4 GiB is accepted"
         }
     }
 }
@@ -115,8 +118,20 @@ public struct TDVFImage: Sendable {
             }
             sections.append(section)
         }
+        // Each section is below 2^52 bytes (checked above), so the sum cannot wrap before it passes the bound.
+        var pages: UInt64 = 0
+        for section in sections where !section.isPageAug {
+            pages += section.memoryDataSize / 4096
+            guard pages <= Self.maximumBuildTimePages else { throw .tooManyPages(pages: pages) }
+        }
         self.sections = sections
     }
+
+    /// The most pages the sections may add before the TD runs, in all:
+    /// 4 GiB, the 32-bit space TDVF's sections lie in. Real images add a
+    /// few MiB; the bound keeps a damaged image (a TempMem section of 2^50
+    /// bytes) from making MRTD run for days, one SHA-384 update per page.
+    public static let maximumBuildTimePages: UInt64 = 1 << 20
 
     /// What is wrong with `section`, or nil. QEMU's `tdvf_parse_and_check_section_entry`
     /// checks, plus the image bounds of measured bytes and attribute sense.

@@ -416,6 +416,12 @@ import Testing
                         mentions: ["section 0", "size 0x9001"]) { () throws(SNPMeasurementError) in
                 try snpSteps(patched(bookworm(), at: sevMetadata + 16 + 4, [0x01]))
             },
+            // Before the 4 GiB bound, one SHA-384 per page: thousands of such sections took hours.
+            LibraryCase("SEV metadata asking for more than 4 GiB of pages",
+                        SNPMeasurementError.metadataTooLarge(pages: 1_048_597, sections: 5),
+                        mentions: ["1048597 pages", "4 GiB"]) { () throws(SNPMeasurementError) in
+                try snpSteps(patched(bookworm(), at: sevMetadata + 16 + 4, [0x00, 0xF0, 0xFF, 0xFF]))
+            },
             LibraryCase("AP reset address 0 with two vCPUs", SNPMeasurementError.noAPResetAddress(vcpus: 2),
                         mentions: ["AP reset address 0", "2 vCPUs"]) { () throws(SNPMeasurementError) in
                 try snpSteps(patched(bookworm(), at: resetBlockData, [0, 0, 0, 0]), vcpus: 2)
@@ -477,6 +483,11 @@ import Testing
                         TDVFError.invalidSection(index: 2, reason: "MemoryAddress 0x810010 is not 4 KiB aligned"),
                         mentions: ["section 2", "0x810010"]) { () throws(TDVFError) in
                 try tdvf(patched(bookworm(), at: section(2, 8), [0x10]))
+            },
+            // Found by the tdvf fuzz target: MRTD hashed each of the 8 million pages (a timeout).
+            LibraryCase("TDVF TempMem section of 32 GiB", TDVFError.tooManyPages(pages: 480 + 32 + 16 + 0x80_0002),
+                        mentions: ["\(480 + 32 + 16 + 0x80_0002) pages", "4 GiB"]) { () throws(TDVFError) in
+                try tdvf(patched(bookworm(), at: section(3, 16), [0x00, 0x20, 0x00, 0x00, 0x08]))
             },
             LibraryCase("TDVF raw data larger than its memory",
                         TDVFError.invalidSection(index: 1, reason: "RawDataSize 0x40000 exceeds MemoryDataSize 0x20000"),
