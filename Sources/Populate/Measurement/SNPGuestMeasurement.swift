@@ -102,6 +102,7 @@ public struct SNPGuestMeasurement: Sendable {
 
     /// The VMSA of each vCPU in index order.
     public func vmsaPages(for image: OVMFImage) throws(SNPMeasurementError) -> [[UInt8]] {
+        guard vcpus <= Self.maximumVCPUs else { throw .tooManyVCPUs(vcpus) }
         guard let apEIP = image.sevESResetEIP else { throw .missingResetBlock }
         guard vcpus > 0 else { return [] }
         let bsp = SNPInitialVMSA.page(eip: SNPInitialVMSA.bspEIP, sevFeatures: guestFeatures, vcpuSignature: vcpuSignature, vmmType: vmmType)
@@ -134,6 +135,10 @@ public struct SNPGuestMeasurement: Sendable {
     /// of 4 GiB sections) from making the measurement run for hours, one
     /// SHA-384 per page.
     public static let maximumMetadataPages: UInt64 = 1 << 20
+
+    /// The most vCPUs a guest can have: the largest `KVM_MAX_VCPUS` x86 KVM
+    /// can be built with (CONFIG_KVM_MAX_NR_VCPUS). Each vCPU adds a VMSA.
+    public static let maximumVCPUs = 4096
 
     static func checkFirmwareSize(_ image: OVMFImage) throws(SNPMeasurementError) {
         guard UInt64(image.bytes.count) <= OVMFImage.end else { throw .firmwareTooLarge(size: image.bytes.count) }
@@ -200,6 +205,7 @@ public enum SNPMeasurementError: Error, Equatable, Sendable, CustomStringConvert
     case missingResetBlock
     case noAPResetAddress(vcpus: Int)
     case metadataTooLarge(pages: UInt64, sections: Int)
+    case tooManyVCPUs(Int)
 
     public var description: String {
         func describe(_ index: Int, _ section: SEVMetadataSection) -> String {
@@ -226,6 +232,8 @@ public enum SNPMeasurementError: Error, Equatable, Sendable, CustomStringConvert
             return "Can't find SEV_ES_RESET_BLOCK_GUID entry in OVMF table"
         case .metadataTooLarge(let pages, let sections):
             return "the \(sections) SEV metadata sections ask for \(pages) pages (0x\(String(pages * 4096, radix: 16)) bytes) to be measured; at most 4 GiB is accepted"
+        case .tooManyVCPUs(let vcpus):
+            return "\(vcpus) vCPUs is more than the \(SNPGuestMeasurement.maximumVCPUs) a KVM guest can have"
         case .noAPResetAddress(let vcpus):
             return "the OVMF SEV_ES_RESET_BLOCK gives AP reset address 0, so no AP VMSA exists for \(vcpus) vCPUs"
         }

@@ -82,6 +82,9 @@ enum MeasureCommand {
         if append != nil, values["--kernel"] == nil { throw UsageError("--kernel required when using --append") }
         guard let vcpusText = values["--vcpus"] else { throw UsageError("missing --vcpus N in guest mode '\(mode)'") }
         let vcpus = PythonInteger(vcpusText, autoBase: false)!.exact!
+        guard vcpus <= Int64(SNPGuestMeasurement.maximumVCPUs) else {
+            throw UsageError("argument --vcpus: \(vcpusText) is more than the \(SNPGuestMeasurement.maximumVCPUs) vCPUs a KVM guest can have")
+        }
         let vmmName = values["--vmm-type"] ?? "QEMU"
         guard let vmmType = SNPVMMType(rawValue: vmmName) else { throw UsageError("unknown VMM type '\(vmmName)'") }
         // cli.py get_vcpu_sig: family, then sig, then type; each only when its value is truthy.

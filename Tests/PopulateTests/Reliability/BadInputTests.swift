@@ -119,6 +119,17 @@ import Testing
         }
     }
 
+    /// `snpvmm measure` takes any 64-bit --vcpus, as sev-snp-measure does;
+    /// one VMSA per vCPU made 2^62 of them a trap, not an error.
+    @Test func measureRefusesMoreVCPUsThanKVMAllowsWithOneLine() throws {
+        let outcome = try Snpvmm.run(["measure", "--mode", "snp", "--vcpus", "4611686018427387904", "--vcpu-type", "EPYC-Milan",
+                                      "--ovmf", Fixtures.measurementDirectory + "/" + MeasurementVectors.bookworm])
+        #expect(outcome == Snpvmm.Outcome(
+            stdout: "",
+            stderr: "snpvmm measure: error: argument --vcpus: 4611686018427387904 is more than the 4096 vCPUs a KVM guest can have\n",
+            status: 2))
+    }
+
     // MARK: Loaders and firmware
 
     /// Bytes given to a parser or loader, the typed error they must give,
@@ -421,6 +432,11 @@ import Testing
                         SNPMeasurementError.metadataTooLarge(pages: 1_048_597, sections: 5),
                         mentions: ["1048597 pages", "4 GiB"]) { () throws(SNPMeasurementError) in
                 try snpSteps(patched(bookworm(), at: sevMetadata + 16 + 4, [0x00, 0xF0, 0xFF, 0xFF]))
+            },
+            // Before the bound, 2^62 vCPUs trapped allocating their VMSAs.
+            LibraryCase("2^62 vCPUs", SNPMeasurementError.tooManyVCPUs(1 << 62),
+                        mentions: ["\(1 << 62) vCPUs", "4096"]) { () throws(SNPMeasurementError) in
+                try snpSteps(bookworm(), vcpus: 1 << 62)
             },
             LibraryCase("AP reset address 0 with two vCPUs", SNPMeasurementError.noAPResetAddress(vcpus: 2),
                         mentions: ["AP reset address 0", "2 vCPUs"]) { () throws(SNPMeasurementError) in
