@@ -35,12 +35,29 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         case vcpu(FakeVCPU)
         case guestMemfd(FakeGuestMemfd)
         case sevDevice
+
+        /// The VM the file refers to, if any.
+        var vm: FakeVM? {
+            switch self {
+            case .vm(let vm): vm
+            case .vcpu(let vcpu): vcpu.vm
+            case .guestMemfd(let gmem): gmem.vm
+            case .system, .sevDevice: nil
+            }
+        }
     }
 
     struct FakeMapping {
         enum Target {
             case guestMemfd(FakeGuestMemfd, offset: UInt64)
             case vcpu(FakeVCPU)
+
+            var vm: FakeVM {
+                switch self {
+                case .guestMemfd(let gmem, _): gmem.vm
+                case .vcpu(let vcpu): vcpu.vm
+                }
+            }
         }
         let base: UInt
         let length: Int
@@ -92,6 +109,11 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
             case .system, .sevDevice: break
             }
         }
+    }
+
+    deinit {
+        // The process holding the fds is gone: every VM is destroyed.
+        for vm in files.values.compactMap(\.vm) + mappings.map(\.target.vm) { vm.destroy() }
     }
 
     public func ioctl(_ fd: CInt, _ request: UInt, _ argument: UInt) throws(Errno) -> Int {
@@ -233,13 +255,16 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
     /// destruction, that `runPendingRMPOptimization()` runs).
     private func dropReference(_ vm: FakeVM) {
         vm.references -= 1
-        guard vm.references == 0, let snp = vm.snp else { return }
-        for frame in snp.vmsaFrames {
-            rmp.reclaim(frame: frame)
-            host.freeKernelPage(frame)
+        guard vm.references == 0 else { return }
+        if let snp = vm.snp {
+            for frame in snp.vmsaFrames {
+                rmp.reclaim(frame: frame)
+                host.freeKernelPage(frame)
+            }
+            vm.snp?.vmsaFrames = []
+            if vm.type == .snp, snp.initialised { rmp.rmpopt?.pending = true }
         }
-        vm.snp?.vmsaFrames = []
-        if vm.type == .snp, snp.initialised { rmp.rmpopt?.pending = true }
+        vm.destroy()
     }
 
     private func realMap(_ length: Int, _ protection: CInt, _ flags: CInt, _ fd: CInt, _ offset: Int) throws(Errno)

@@ -39,6 +39,15 @@ final class FakeVM {
         memslots.values.first { $0.asID == 0 && $0.contains(gfn) }
     }
 
+    /// `kvm_destroy_vm`: frees the vCPUs (`kvm_destroy_vcpus`) and the
+    /// memslots with their guest_memfd bindings (`kvm_free_memslots`), which
+    /// refer back to the VM; the fake calls it when nothing refers to the VM
+    /// any more (`kvm_put_kvm`).
+    func destroy() {
+        vcpus.removeAll()
+        memslots.removeAll()
+    }
+
     func isPrivate(_ gfn: UInt64) -> Bool {
         attributes.value(at: gfn) & CKVM_MEMORY_ATTRIBUTE_PRIVATE != 0
     }
