@@ -45,6 +45,7 @@ final class FakeVM {
     /// any more (`kvm_put_kvm`).
     func destroy() {
         vcpus.removeAll()
+        for slot in memslots.values { slot.gmem?.bindings.removeAll { $0 === slot } }  // kvm_gmem_unbind
         memslots.removeAll()
     }
 
