@@ -461,3 +461,23 @@ final class AnonymousMemory {
     /// The address a memslot's `userspace_addr` takes.
     var address: UInt64 { UInt64(UInt(bitPattern: base)) }
 }
+
+extension VCPU {
+    /// Starts the vCPU in real mode at 0:`rip` with CS and DS based at 0 and
+    /// interrupts off, keeping KVM's reset state otherwise, and lets `adjust`
+    /// set further registers: the entry state of snpvmm's small real-mode
+    /// guests (`probe`, `bench cycles`).
+    func enterRealMode(at rip: UInt64, adjust: (inout kvm_regs) -> Void = { _ in }) throws(KVMError) {
+        var sregs = try getSregs()
+        sregs.cs.base = 0
+        sregs.cs.selector = 0
+        sregs.ds.base = 0
+        sregs.ds.selector = 0
+        try setSregs(sregs)
+        var regs = try getRegs()
+        regs.rip = rip
+        regs.rflags = 0x2  // bit 1 is always set; IF clear
+        adjust(&regs)
+        try setRegs(regs)
+    }
+}

@@ -111,27 +111,7 @@ final class RMPOPTEmulation {
 
     /// A size: a number with the suffix K, M, G or T (optionally followed by
     /// "iB" or "B"), or a number of bytes.
-    static func parseSize(_ text: String) -> UInt64? {
-        var digits = Substring(text)
-        for suffix in ["iB", "B"] where digits.count > 1 && digits.hasSuffix(suffix) {
-            digits = digits.dropLast(suffix.count)
-            break
-        }
-        var shift: UInt64 = 0
-        if let last = digits.last, last.isLetter {
-            switch last.uppercased() {
-            case "K": shift = 10
-            case "M": shift = 20
-            case "G": shift = 30
-            case "T": shift = 40
-            default: return nil
-            }
-            digits = digits.dropLast()
-        }
-        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let count = UInt64(digits) else { return nil }
-        let (bytes, overflow) = count.multipliedReportingOverflow(by: 1 << shift)
-        return overflow ? nil : bytes
-    }
+    static func parseSize(_ text: String) -> UInt64? { SizeArgument(text).value }
 
     /// A size in the largest unit that divides it: "64 GiB", "192 MiB".
     static func sizeText(_ bytes: UInt64) -> String {

@@ -110,16 +110,7 @@ enum BenchCycles {
         _ = try Populator(backend: PlainBackend(), memory: layout).populate(plan)
 
         let vcpu = try vm.createVCPU(id: 0)
-        var sregs = try vcpu.getSregs()
-        sregs.cs.base = 0
-        sregs.cs.selector = 0
-        sregs.ds.base = 0
-        sregs.ds.selector = 0
-        try vcpu.setSregs(sregs)
-        var regs = try vcpu.getRegs()
-        regs.rip = codeAddress
-        regs.rflags = 0x2
-        try vcpu.setRegs(regs)
+        try vcpu.enterRealMode(at: codeAddress)
         let expected = UInt32(data.reduce(UInt8(0), &+))
         guard case .io(let io) = try vcpu.run(), io.port == reportPort, io.value & 0xFF == expected else {
             throw CycleError(index: index, what: "the guest did not report the sum \(expected) of its data on port 0x\(String(reportPort, radix: 16))")

@@ -67,13 +67,7 @@ enum BenchPopulate {
         }
     }
 
-    static func parseSize(_ text: String) -> UInt64? {
-        let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-        if let last = text.last?.uppercased().first, let unit = units[last] {
-            return UInt64(text.dropLast()).flatMap { $0.multipliedReportingOverflow(by: unit).overflow ? nil : $0 * unit }
-        }
-        return UInt64(text)
-    }
+    static func parseSize(_ text: String) -> UInt64? { SizeArgument(text).value }
 
     /// The fastest of `runs` timings, in seconds.
     static func best(of runs: Int, _ body: () throws -> Void) rethrows -> Double {

@@ -216,16 +216,7 @@ enum MeasureCommand {
     }
 
     /// A size in bytes with an optional K, M or G (binary) suffix.
-    static func parseSize(_ text: String) -> UInt64? {
-        let shifts: [Character: UInt64] = ["K": 10, "M": 20, "G": 30]
-        var digits = Substring(text), shift: UInt64 = 0
-        if let last = text.last?.uppercased().first, let value = shifts[last] {
-            shift = value
-            digits = digits.dropLast()
-        }
-        guard let number = UInt64(digits), number.leadingZeroBitCount >= shift else { return nil }
-        return number << shift
-    }
+    static func parseSize(_ text: String) -> UInt64? { SizeArgument(text).value }
 
     /// Standard base64 with padding, as Python's `base64.b64encode`.
     static func base64(_ bytes: [UInt8]) -> String {

@@ -57,17 +57,7 @@ enum ProbeCommand {
         try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: memory))
 
         let vcpu = try vm.createVCPU(id: 0)
-        var sregs = try vcpu.getSregs()
-        sregs.cs.base = 0
-        sregs.cs.selector = 0
-        sregs.ds.base = 0
-        sregs.ds.selector = 0
-        try vcpu.setSregs(sregs)
-        var regs = try vcpu.getRegs()
-        regs.rip = codeAddress
-        regs.rsi = messageAddress
-        regs.rflags = 0x2
-        try vcpu.setRegs(regs)
+        try vcpu.enterRealMode(at: codeAddress) { $0.rsi = messageAddress }
 
         var output: [UInt8] = []
         while true {

@@ -209,31 +209,12 @@ enum RunCommand {
     /// (either case, optionally followed by "iB" or "B"). The result must
     /// be a multiple of 4 KiB, at least 2 MiB and at most 1 TiB.
     static func parseMemorySize(_ text: String) throws(RunUsageError) -> UInt64 {
-        let malformed = RunUsageError("--memory '\(text)' is not a size: give a number of MiB, or a number with the suffix K, M, G or T")
-        var digits = Substring(text)
-        var shift: UInt64 = 20
-        for suffix in ["iB", "B"] where digits.count > 1 && digits.hasSuffix(suffix) {
-            digits = digits.dropLast(suffix.count)
-            break
-        }
-        if let last = digits.last, last.isLetter {
-            switch last.uppercased() {
-            case "K": shift = 10
-            case "M": shift = 20
-            case "G": shift = 30
-            case "T": shift = 40
-            default: throw malformed
-            }
-            digits = digits.dropLast()
-        } else if digits.count != text.count {
-            throw malformed  // "B" or "iB" without a unit letter
-        }
-        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber), let count = UInt64(digits) else {
-            throw malformed
-        }
-        let (bytes, overflow) = count.multipliedReportingOverflow(by: 1 << shift)
-        guard !overflow, bytes <= RunOptions.maximumMemory else {
-            throw RunUsageError("--memory '\(text)' is more than the 1 TiB snpvmm gives a guest")
+        let bytes: UInt64
+        switch SizeArgument(text, bareUnitShift: 20) {
+        case .bytes(let value) where value <= RunOptions.maximumMemory: bytes = value
+        case .bytes, .tooLarge: throw RunUsageError("--memory '\(text)' is more than the 1 TiB snpvmm gives a guest")
+        case .malformed:
+            throw RunUsageError("--memory '\(text)' is not a size: give a number of MiB, or a number with the suffix K, M, G or T")
         }
         guard bytes >= Layout.minimumMemory else { throw RunUsageError("--memory '\(text)' is less than the 2 MiB a guest needs") }
         guard bytes % pageSize == 0 else { throw RunUsageError("--memory '\(text)' is not a multiple of 4 KiB") }
