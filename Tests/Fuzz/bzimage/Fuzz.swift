@@ -10,23 +10,3 @@ public func fuzzTest(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     FuzzBoot.check(bytes) { (request) throws(ImageError) in try Loader.loadBzImage(BzImage(request.kernel), request) }
     return 0
 }
-
-enum FuzzBoot {
-    /// Guest RAM for the layout: small, so that images can run off its end.
-    static let memorySize: UInt64 = 64 << 20
-    static let initrd = ImageSource(bytes: [UInt8](repeating: 0x5A, count: 4096))
-
-    /// Runs `load` on `bytes` as the kernel; any result but a validated
-    /// plan or a one-line `ImageError` stops the fuzzer.
-    static func check(_ bytes: [UInt8], _ load: (BootRequest) throws(ImageError) -> BootSetup) {
-        do {
-            let setup = try load(BootRequest(kernel: ImageSource(bytes: bytes), initrd: initrd,
-                                             commandLine: "console=ttyS0", memorySize: memorySize))
-            let ram = Layout.ramRanges(memorySize: memorySize).map { GuestRange(start: $0.start, size: $0.size) }
-            do { try setup.plan.validate(memory: ram) } catch { fatalError("the loader returned an invalid plan: \(error)") }
-        } catch {
-            let line = error.description
-            if line.isEmpty || line.contains("\n") { fatalError("not one line: \(line.debugDescription)") }
-        }
-    }
-}
