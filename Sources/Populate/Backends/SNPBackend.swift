@@ -30,7 +30,7 @@ public final class SNPBackend: PopulationBackend {
     }
 
     public func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError) {
-        try convertToPrivate(range, inGuestMemfd: capabilities.populatesInPlace, vm: vm, memory: memory)
+        try memory.convert(range, toPrivate: true, vm: vm, inGuestMemfd: capabilities.populatesInPlace)
     }
 
     public func populate(_ call: PopulateCall) -> PopulateStep {
@@ -72,7 +72,3 @@ extension PageKind {
     }
 }
 
-/// Makes a range private before it is populated (see `GuestMemoryLayout.convert`).
-func convertToPrivate(_ range: GuestRange, inGuestMemfd: Bool, vm: VM, memory: GuestMemoryLayout) throws(KVMError) {
-    try memory.convert(range, toPrivate: true, vm: vm, inGuestMemfd: inGuestMemfd)
-}

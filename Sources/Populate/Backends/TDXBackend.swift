@@ -22,7 +22,7 @@ public final class TDXBackend: PopulationBackend {
     }
 
     public func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError) {
-        try convertToPrivate(range, inGuestMemfd: capabilities.populatesInPlace, vm: vm, memory: memory)
+        try memory.convert(range, toPrivate: true, vm: vm, inGuestMemfd: capabilities.populatesInPlace)
     }
 
     public func populate(_ call: PopulateCall) -> PopulateStep {
