@@ -11,7 +11,7 @@ import CKVMHeaders
 ///
 /// Unmapped when released. Distinct ranges may be written from different
 /// threads, as with any shared mapping.
-public final class GuestMemoryMapping: KernelObject, @unchecked Sendable {
+public final class GuestMemoryMapping: MappedGuestMemory, KernelObject, @unchecked Sendable {
     public let memfd: GuestMemfd
     public let base: UnsafeMutableRawPointer
     public let length: Int
@@ -26,9 +26,6 @@ public final class GuestMemoryMapping: KernelObject, @unchecked Sendable {
     }
 
     deinit { try? kernel.munmap(base, length: length) }
-
-    /// The mapping's address, as `userspace_addr` of a memslot wants it.
-    public var userspaceAddress: UInt64 { UInt64(UInt(bitPattern: base)) }
 
     private func advise(_ advice: CInt, offset: Int, count: Int, _ what: String) throws(KVMError) {
         guard offset >= 0, count >= 0, offset <= length, count <= length - offset else {
@@ -52,6 +49,36 @@ public final class GuestMemoryMapping: KernelObject, @unchecked Sendable {
         try advise(CKVM_MADV_POPULATE_WRITE, offset: offset, count: count, "MADV_POPULATE_WRITE")
     }
 
+    /// Faults in a range for reading.
+    ///
+    /// - Throws: EFAULT where a page is private or beyond the end of the file.
+    public func populateRead(offset: Int, count: Int) throws(KVMError) {
+        try advise(CKVM_MADV_POPULATE_READ, offset: offset, count: count, "MADV_POPULATE_READ")
+    }
+}
+
+/// Guest memory mapped into this process, which the host writes while it is
+/// shared: a guest_memfd mapping (`GuestMemoryMapping`), or a memfd mapped
+/// shared for RAM that is never private (`SharedMemory`).
+///
+/// Each access is checked first with `MADV_POPULATE_WRITE` or `_READ`, which
+/// faults the pages in ahead of the copy and turns what would be a SIGBUS
+/// (a private page, a page past the end of the file) into an EFAULT error.
+public protocol MappedGuestMemory: AnyObject, Sendable {
+    /// The first mapped byte.
+    var base: UnsafeMutableRawPointer { get }
+    /// The mapping's length in bytes.
+    var length: Int { get }
+    /// Faults `count` bytes at `offset` in for writing.
+    func populateWrite(offset: Int, count: Int) throws(KVMError)
+    /// Faults `count` bytes at `offset` in for reading.
+    func populateRead(offset: Int, count: Int) throws(KVMError)
+}
+
+extension MappedGuestMemory {
+    /// The mapping's address, as `userspace_addr` of a memslot wants it.
+    public var userspaceAddress: UInt64 { UInt64(UInt(bitPattern: base)) }
+
     /// Copies `bytes` into the mapping at `offset`.
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(KVMError) {
         try populateWrite(offset: offset, count: bytes.count)
@@ -72,7 +99,7 @@ public final class GuestMemoryMapping: KernelObject, @unchecked Sendable {
 
     /// Copies `count` bytes out of the mapping at `offset`.
     public func read(at offset: Int, count: Int) throws(KVMError) -> [UInt8] {
-        try advise(CKVM_MADV_POPULATE_READ, offset: offset, count: count, "MADV_POPULATE_READ")
+        try populateRead(offset: offset, count: count)
         return [UInt8](UnsafeRawBufferPointer(start: base + offset, count: count))
     }
 }

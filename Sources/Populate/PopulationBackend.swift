@@ -104,12 +104,13 @@ extension PopulationBackend {
 public struct GuestMemoryLayout {
     public struct Slot {
         public var range: GuestRange
-        /// The guest_memfd behind the range.
-        public var memfd: GuestMemfd
-        /// The host's mapping of `memfd`, through which in-place population
-        /// writes; nil where guest_memfd holds only private memory.
-        public var mapping: GuestMemoryMapping?
-        /// The slot's first byte in the guest_memfd file.
+        /// The guest_memfd behind the range; nil for RAM that is never
+        /// private (a memfd mapped shared, on hosts without guest_memfd).
+        public var memfd: GuestMemfd?
+        /// The host's mapping of the range's memory, through which in-place
+        /// population writes; nil where guest_memfd holds only private memory.
+        public var mapping: (any MappedGuestMemory)?
+        /// The slot's first byte in the file behind it (and in `mapping`).
         public var fileOffset: UInt64
 
         public init(range: GuestRange, mapping: GuestMemoryMapping, fileOffset: UInt64 = 0) {
@@ -124,6 +125,15 @@ public struct GuestMemoryLayout {
             self.range = range
             self.memfd = memfd
             self.mapping = nil
+            self.fileOffset = fileOffset
+        }
+
+        /// A slot of shared memory with no guest_memfd: only a plain guest,
+        /// whose memory is never private, can be populated into it.
+        public init(range: GuestRange, sharedMemory: SharedMemory, fileOffset: UInt64 = 0) {
+            self.range = range
+            self.memfd = nil
+            self.mapping = sharedMemory
             self.fileOffset = fileOffset
         }
     }
@@ -165,7 +175,11 @@ extension GuestMemoryLayout {
                                range: GuestRange(start: gpa, size: end - gpa), detail: "no guest_memfd slot holds this range")
             }
             let size = min(end, slot.range.start.rawValue + slot.range.size) - gpa
-            try slot.memfd.setMemoryAttributes2(offset: UInt64(offset), size: size, attributes: attributes)
+            guard let memfd = slot.memfd else {
+                throw KVMError(.ioctl(.setMemoryAttributes2), on: .guestMemfd, fd: -1, errno: .invalidArgument,
+                               range: GuestRange(start: gpa, size: size), detail: "the slot holding this range has no guest_memfd")
+            }
+            try memfd.setMemoryAttributes2(offset: UInt64(offset), size: size, attributes: attributes)
             gpa += size
         }
     }

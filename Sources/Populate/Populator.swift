@@ -70,10 +70,13 @@ public final class Populator {
         let mapped = memory.slots.allSatisfy { $0.mapping != nil }
         if capabilities.platform == .plain || (options.policy == .inPlace && capabilities.populatesInPlace) {
             if let unmapped = memory.slots.first(where: { $0.mapping == nil }) {
-                throw PopulateError(.policy("in-place population writes through the guest_memfd mapping, and the slot at \(unmapped.range) has none"))
+                throw PopulateError(.policy("in-place population writes through the slot's host mapping, and the slot at \(unmapped.range) has none"))
             }
         }
         if capabilities.platform == .plain { return .inPlace }
+        if let unbacked = memory.slots.first(where: { $0.memfd == nil }) {
+            throw PopulateError(.policy("\(capabilities.platform) keeps guest memory private in guest_memfd, and the slot at \(unbacked.range) is shared memory without one"))
+        }
         let chosen = options.policy ?? (capabilities.populatesInPlace && mapped ? .inPlace : .separateSource)
         if chosen == .inPlace, !capabilities.populatesInPlace {
             let why = capabilities.platform == .cca

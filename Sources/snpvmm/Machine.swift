@@ -32,31 +32,45 @@ enum MachineFailure: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// An x86 virtual machine on KVM: guest_memfd RAM in one or two memslots,
-/// the in-kernel interrupt controllers and PIT, vCPUs with the host's
+/// Where a machine's RAM comes from.
+enum RAMBacking: String, Sendable, CaseIterable {
+    /// One guest_memfd, which a confidential guest needs for private memory.
+    case guestMemfd = "guest_memfd"
+    /// A memfd mapped shared (QEMU's memory-backend-memfd): for guests whose
+    /// memory is never private, on any KVM.
+    case memfd
+}
+
+/// An x86 virtual machine on KVM: RAM in one or two memslots, the
+/// in-kernel interrupt controllers and PIT, vCPUs with the host's
 /// supported CPUID, and the port devices of `Devices/`.
 ///
-/// Guest RAM is one guest_memfd, mapped once; below 3 GiB it is one slot,
-/// and beyond that the rest continues in a second slot at 4 GiB
-/// (`Layout.ramRanges`).
+/// Guest RAM is one file, mapped once; below 3 GiB it is one slot, and
+/// beyond that the rest continues in a second slot at 4 GiB
+/// (`Layout.ramRanges`). The file is a guest_memfd, or, with
+/// `ram: .memfd`, a memfd mapped shared whose slots are ordinary memory
+/// (`KVM_SET_USER_MEMORY_REGION`), which every KVM accepts.
 ///
-/// A plain machine creates the guest_memfd with MMAP | INIT_SHARED and
+/// A plain machine on guest_memfd creates it with MMAP | INIT_SHARED and
 /// names the mapping as every slot's `userspace_addr`, because KVM's
 /// instruction emulator reads guest memory through it. An SEV-SNP machine
 /// (`platform: .snp`) is created with the SNP VM type and KVM_SEV_INIT2
 /// before its vCPUs exist; where guest_memfd converts in place the slots
 /// name its mapping as well, otherwise guest_memfd holds only private
-/// memory and the slots' shared side is anonymous memory, and all RAM is
-/// made private up front, as the guest expects of its memory.
+/// memory and the slots' shared side is a memfd, and all RAM is made
+/// private up front, as the guest expects of its memory.
 final class Machine {
     let vm: VM
     let platform: Platform
-    /// Guest RAM.
-    let memfd: GuestMemfd
+    let ram: RAMBacking
+    /// Guest RAM's guest_memfd; nil for memfd RAM.
+    let memfd: GuestMemfd?
     /// The host's mapping of `memfd`; nil where guest_memfd holds only private memory.
     let memory: GuestMemoryMapping?
-    /// The shared side of the slots where guest_memfd holds only private memory.
-    let sharedMemory: AnonymousMemory?
+    /// The slots' shared memory where guest_memfd does not provide it:
+    /// all of RAM with `ram: .memfd`, or the shared side where guest_memfd
+    /// holds only private memory.
+    let sharedMemory: SharedMemory?
     /// Whether guest_memfd keeps the memory attributes (in-place conversion).
     let convertsInGuestMemfd: Bool
     /// The SEV-SNP firmware interface of an SNP machine.
@@ -69,11 +83,14 @@ final class Machine {
 
     /// - Parameters:
     ///   - platform: `.plain` or `.snp`; the caller has checked that the host offers it.
+    ///   - ram: `.memfd` for a plain machine only; the caller has checked that the host offers the backing.
     ///   - output: receives the bytes the guest writes to its serial port.
-    init(kvm: KVM, platform: Platform = .plain, memorySize: UInt64, cpus: Int,
+    init(kvm: KVM, platform: Platform = .plain, ram: RAMBacking = .guestMemfd, memorySize: UInt64, cpus: Int,
          output: @escaping @Sendable ([UInt8]) -> Void) throws(KVMError) {
         precondition(platform == .plain || platform == .snp, "snpvmm runs plain and SEV-SNP machines")
+        precondition(platform == .plain || ram == .guestMemfd, "private memory lives in guest_memfd")
         self.platform = platform
+        self.ram = ram
         vm = try kvm.createVM(type: platform.vmType)
         // KVM_SEV_INIT2 must come before the first vCPU (sev_guest_init).
         snp = platform == .snp ? try SEVSNP(vm: vm) : nil
@@ -84,20 +101,34 @@ final class Machine {
 
         let attributesInGuestMemfd = platform == .plain ? 0 : try vm.checkExtension(.guestMemfdMemoryAttributes)
         convertsInGuestMemfd = attributesInGuestMemfd != 0
-        let shared = platform == .plain || convertsInGuestMemfd
-        // Without MMAP a slot's shared accesses go to its userspace_addr; with it
-        // KVM would serve them from guest_memfd too (KVM_MEMSLOT_GMEM_ONLY).
-        memfd = try vm.createGuestMemfd(size: memorySize, flags: shared ? [.mmap, .initShared] : [])
-        memory = shared ? try memfd.map() : nil
-        sharedMemory = shared ? nil : try AnonymousMemory(size: memorySize)
+        switch ram {
+        case .guestMemfd:
+            let shared = platform == .plain || convertsInGuestMemfd
+            // Without MMAP a slot's shared accesses go to its userspace_addr; with it
+            // KVM would serve them from guest_memfd too (KVM_MEMSLOT_GMEM_ONLY).
+            let memfd = try vm.createGuestMemfd(size: memorySize, flags: shared ? [.mmap, .initShared] : [])
+            self.memfd = memfd
+            memory = shared ? try memfd.map() : nil
+            sharedMemory = shared ? nil : try SharedMemory(size: memorySize, name: "guest-ram-shared")
+        case .memfd:
+            memfd = nil
+            memory = nil
+            sharedMemory = try SharedMemory(size: memorySize)
+        }
         var slots: [MemorySlot] = []
         var offset: UInt64 = 0
         for (index, range) in Layout.ramRanges(memorySize: memorySize).enumerated() {
             let slot = MemorySlot(slot: UInt32(index), range: GuestRange(start: range.start, size: range.size), offset: offset)
-            let userspaceAddress = (sharedMemory?.address ?? memory?.userspaceAddress ?? 0) + offset
-            try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: slot.slot, guestPhysicalAddress: range.start,
-                                                          size: range.size, memfd: memfd, offset: offset,
-                                                          userspaceAddress: userspaceAddress))
+            let userspaceAddress = (sharedMemory?.userspaceAddress ?? memory?.userspaceAddress ?? 0) + offset
+            if let memfd {
+                try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: slot.slot, guestPhysicalAddress: range.start,
+                                                              size: range.size, memfd: memfd, offset: offset,
+                                                              userspaceAddress: userspaceAddress))
+            } else {
+                // The original ioctl: kernels before 6.8 have no REGION2.
+                try vm.setUserMemoryRegion(slot: slot.slot, guestPhysicalAddress: range.start, memorySize: range.size,
+                                           userspaceAddress: userspaceAddress)
+            }
             slots.append(slot)
             offset += range.size
         }
@@ -293,11 +324,16 @@ final class Machine {
         }
     }
 
+    /// RAM as the host writes it: the guest_memfd mapping, or the memfd
+    /// (for SNP without in-place conversion, the slots' shared side).
+    var hostMemory: (any MappedGuestMemory)? { memory ?? sharedMemory }
+
     /// Guest memory as the population engine and conversions see it.
     var memoryLayout: GuestMemoryLayout {
         GuestMemoryLayout(slots: slots.map { slot in
-            memory.map { GuestMemoryLayout.Slot(range: slot.range, mapping: $0, fileOffset: slot.offset) }
-                ?? GuestMemoryLayout.Slot(range: slot.range, memfd: memfd, fileOffset: slot.offset)
+            if let memory { return GuestMemoryLayout.Slot(range: slot.range, mapping: memory, fileOffset: slot.offset) }
+            if let memfd { return GuestMemoryLayout.Slot(range: slot.range, memfd: memfd, fileOffset: slot.offset) }
+            return GuestMemoryLayout.Slot(range: slot.range, sharedMemory: sharedMemory!, fileOffset: slot.offset)
         })
     }
 
@@ -307,7 +343,7 @@ final class Machine {
     /// host gets the memory back.
     func convert(_ range: GuestRange, toPrivate: Bool) throws(KVMError) {
         try memoryLayout.convert(range, toPrivate: toPrivate, vm: vm, inGuestMemfd: convertsInGuestMemfd)
-        guard !toPrivate, !convertsInGuestMemfd else { return }
+        guard !toPrivate, !convertsInGuestMemfd, let memfd else { return }
         for slot in slots where slot.range.overlaps(range) {
             let start = max(slot.range.start.rawValue, range.start.rawValue)
             let end = min(slot.range.start.rawValue + slot.range.size, range.start.rawValue + range.size)
@@ -437,29 +473,6 @@ func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
     }, box)
     precondition(status == 0, "pthread_create failed: \(status)")
     return thread
-}
-
-/// Anonymous shared memory: the shared side of guest memory where
-/// guest_memfd holds only private pages. Unmapped when released.
-final class AnonymousMemory {
-    let base: UnsafeMutableRawPointer
-    let length: Int
-
-    init(size: UInt64) throws(KVMError) {
-        length = Int(size)
-        guard let base = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-              base != MAP_FAILED
-        else {
-            throw KVMError(.syscall(.mmap), on: .mapping, fd: -1, errno: Errno(rawValue: errno),
-                           detail: "\(length) bytes of anonymous shared memory")
-        }
-        self.base = base
-    }
-
-    deinit { munmap(base, length) }
-
-    /// The address a memslot's `userspace_addr` takes.
-    var address: UInt64 { UInt64(UInt(bitPattern: base)) }
 }
 
 extension VCPU {

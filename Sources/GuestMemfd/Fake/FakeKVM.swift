@@ -307,7 +307,8 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         switch Capability(rawValue: UInt32(truncatingIfNeeded: number)) {
         case .nrMemslots?: return profile.memslots
         case .exitHypercall?: return 1 << Int(CKVM_HC_MAP_GPA_RANGE)
-        case .userMemory2?, .memoryFaultInfo?, .guestMemfd?: return 1
+        case .userMemory2?, .memoryFaultInfo?: return 1
+        case .guestMemfd?: return profile.guestMemfd ? 1 : 0
         case .memoryAttributes?: return Int(profile.supportedAttributes(for: vm?.type).rawValue)
         case .vmTypes?:
             // x86 only: a bit per type accepted by KVM_CREATE_VM.
@@ -315,7 +316,7 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         case .preFaultMemory?: return profile.tdp ? 1 : 0
         case .guestMemfdFlags?: return Int(profile.guestMemfdFlags(for: vm?.type).rawValue)
         case .armRMI?: return profile.cca != nil ? 1 : 0
-        case .guestMemfdMemoryAttributes?: return profile.inPlaceConversion ? Int(CKVM_MEMORY_ATTRIBUTE_PRIVATE) : 0
+        case .guestMemfdMemoryAttributes?: return profile.guestMemfd && profile.inPlaceConversion ? Int(CKVM_MEMORY_ATTRIBUTE_PRIVATE) : 0
         case nil:
             switch number {
             case 3: return 1  // KVM_CAP_USER_MEMORY
@@ -368,7 +369,7 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
             return capability(argument, vm: vm)
         case .createVCPU?:
             return try createVCPU(vm, id: argument)
-        case .createGuestMemfd?:
+        case .createGuestMemfd? where profile.guestMemfd:
             return try createGuestMemfd(vm, try load(argument))
         case .setUserMemoryRegion2?:
             try setMemoryRegion(vm, try load(argument), version2: true)
@@ -455,9 +456,10 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         let guestMemfd = UInt32(CKVM_MEM_GUEST_MEMFD)
         // The V1 ioctl knows only LOG_DIRTY_PAGES and READONLY.
         if !version2, mem.flags & ~UInt32(CKVM_MEM_LOG_DIRTY_PAGES | CKVM_MEM_READONLY) != 0 { throw .invalidArgument }
-        // check_memory_region_flags (6.18): guest_memfd on every VM type, never
-        // with dirty logging; READONLY only where the VM has no protected state.
-        var valid = UInt32(CKVM_MEM_LOG_DIRTY_PAGES) | guestMemfd
+        // check_memory_region_flags (6.18): guest_memfd on every VM type where
+        // CONFIG_KVM_GUEST_MEMFD is built in, never with dirty logging;
+        // READONLY only where the VM has no protected state.
+        var valid = UInt32(CKVM_MEM_LOG_DIRTY_PAGES) | (profile.guestMemfd ? guestMemfd : 0)
         if mem.flags & guestMemfd != 0 { valid &= ~UInt32(CKVM_MEM_LOG_DIRTY_PAGES) }
         let protectedState = vm.type == .sevES || vm.type == .snp || vm.type == .tdx
         if !protectedState, mem.flags & guestMemfd == 0 { valid |= UInt32(CKVM_MEM_READONLY) }

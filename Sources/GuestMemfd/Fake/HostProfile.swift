@@ -19,6 +19,12 @@ public struct HostProfile: Sendable {
     /// Whether `CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES` is built in; without it
     /// `KVM_SET_MEMORY_ATTRIBUTES` is an unknown VM ioctl (ENOTTY).
     public var memoryAttributes: Bool
+    /// Whether `CONFIG_KVM_GUEST_MEMFD` is built in. Without it
+    /// `KVM_CAP_GUEST_MEMFD` and `KVM_CAP_GUEST_MEMFD_FLAGS` are 0,
+    /// `KVM_CREATE_GUEST_MEMFD` is an unknown VM ioctl (ENOTTY, from
+    /// `kvm_arch_vm_ioctl`), and `check_memory_region_flags` refuses
+    /// `KVM_MEM_GUEST_MEMFD` with EINVAL.
+    public var guestMemfd: Bool = true
     /// `KVM_CAP_NR_MEMSLOTS`.
     public var memslots: Int = 32764
     /// `KVM_CAP_MAX_VCPU_ID`: vCPU ids must be below it.
@@ -71,6 +77,7 @@ public struct HostProfile: Sendable {
     /// MMAP always; INIT_SHARED only where memory cannot be private, unless
     /// guest_memfd converts in place.
     func guestMemfdFlags(for type: VMType?) -> GuestMemfdFlags {
+        guard guestMemfd else { return [] }
         let hugetlb: GuestMemfdFlags = guestMemfdHugeTLB ? .hugetlb : []
         if let type, hasPrivateMemory(type), !inPlaceConversion { return [.mmap, hugetlb] }
         return [.mmap, .initShared, hugetlb]
@@ -164,6 +171,23 @@ extension HostProfile {
     /// attributes; no pre-fault; no confidential platform.
     public static let thisMachine = HostProfile(
         name: "this-machine", kernel: "6.18", vmTypes: [.default], tdp: false, memoryAttributes: false, smm: false)
+
+    /// The same machine with a KVM built without guest_memfd
+    /// (`CONFIG_KVM_GUEST_MEMFD=n`), as other hosts of this project's kind
+    /// run it: everything else as `thisMachine`.
+    public static var thisMachineWithoutGuestMemfd: HostProfile {
+        var profile = thisMachine
+        profile.name = "this-machine-without-guest-memfd"
+        profile.kernel = "6.18, CONFIG_KVM_GUEST_MEMFD=n"
+        profile.guestMemfd = false
+        return profile
+    }
+
+    /// The profile of this project's development hosts that has the
+    /// capabilities a real host reported: with or without guest_memfd.
+    public static func thisMachine(matching capabilities: HostCapabilities) -> HostProfile {
+        capabilities.guestMemfd ? .thisMachine : .thisMachineWithoutGuestMemfd
+    }
 
     /// An AMD EPYC host with SEV-SNP firmware, KVM 6.18.
     public static var snpHost: HostProfile {

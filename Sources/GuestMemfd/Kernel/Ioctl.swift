@@ -123,7 +123,8 @@ public enum EncryptCommand: String, Sendable, CaseIterable {
 
 /// A plain syscall on a KVM object.
 public enum Syscall: String, Sendable {
-    case open, close, mmap, munmap, madvise, fallocate
+    case open, close, mmap, munmap, madvise, fallocate, ftruncate
+    case memfdCreate = "memfd_create"
 }
 
 /// What failed: an ioctl, an encrypt-op sub-command, or a plain syscall.

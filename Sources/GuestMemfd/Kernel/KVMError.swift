@@ -5,6 +5,7 @@ public enum KVMObjectKind: String, Sendable {
     case vcpu = "vCPU"
     case guestMemfd = "guest_memfd"
     case mapping = "guest_memfd mapping"
+    case sharedMemory = "memfd"
 }
 
 /// A failed kernel call on a KVM object: which call, on what, with which
@@ -58,6 +59,8 @@ public struct KVMError: Error, Hashable, Sendable, CustomStringConvertible {
             "The kernel has no KVM: load kvm_intel or kvm_amd, or run on a host with virtualization."
         case (.syscall(.open), .permissionDenied):
             "/dev/kvm is not accessible: add the user to group kvm, or run as root."
+        case (.ioctl(.createGuestMemfd), .notTTY):
+            "This host's KVM has no guest_memfd (KVM_CAP_GUEST_MEMFD = 0): it needs Linux 6.8 or later built with CONFIG_KVM_GUEST_MEMFD."
         default: nil
         }
     }

@@ -4,17 +4,20 @@ import Glibc
 import Populate
 
 /// `snpvmm bench cycles`: resource hygiene on this host's KVM. Each cycle
-/// opens /dev/kvm, creates a VM and a guest_memfd, populates a tiny
+/// opens /dev/kvm, creates a VM and its RAM (a guest_memfd, or a memfd on
+/// hosts without guest_memfd the host can map), populates a tiny
 /// real-mode guest in place through Populate, runs it to its exit and
 /// releases everything; the process's descriptors, mappings and resident
 /// memory are compared before the cycles (after a warm-up) and after.
 enum BenchCycles {
-    static let benchmark = BenchCommand.Benchmark(name: "cycles", synopsis: "cycles [--count N]", run: { run($0) })
+    static let benchmark = BenchCommand.Benchmark(name: "cycles", synopsis: "cycles [--count N] [--ram auto|guest_memfd|memfd]", run: { run($0) })
 
     static let usage = """
-        usage: snpvmm bench cycles [--count N]
+        usage: snpvmm bench cycles [--count N] [--ram auto|guest_memfd|memfd]
 
-        Runs N create, populate, run, destroy cycles (default 1000) on /dev/kvm after
+        Runs N create, populate, run, destroy cycles (default 1000) on /dev/kvm, with
+        guest RAM from guest_memfd or a memfd (auto: guest_memfd where the host can
+        map it), after
         \(warmUp) warm-up cycles, and compares the process's open descriptors, mappings
         and resident memory before and after. Exits with status 1 if descriptors or
         mappings grew, or resident memory grew by more than \(residentTolerance >> 10) KiB.
@@ -95,14 +98,24 @@ enum BenchCycles {
     ///
     /// - Throws: `KVMError` or `PopulateError` as they come, or
     ///   `CycleError` when the guest reports the wrong sum or exits otherwise.
-    static func cycle(_ index: Int) throws {
-        let kvm = try KVM.open()
+    static func cycle(_ index: Int, kernel: any KernelInterface, ram: RAMBacking) throws {
+        let kvm = try KVM.open(using: kernel)
         let vm = try kvm.createVM()
-        let memfd = try vm.createGuestMemfd(size: memorySize, flags: [.mmap, .initShared])
-        let mapping = try memfd.map()
-        try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: mapping))
+        let range = GuestRange(start: 0, size: memorySize)
+        let slot: GuestMemoryLayout.Slot
+        switch ram {
+        case .guestMemfd:
+            let mapping = try vm.createGuestMemfd(size: memorySize, flags: [.mmap, .initShared]).map()
+            try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: mapping))
+            slot = .init(range: range, mapping: mapping)
+        case .memfd:
+            let memory = try SharedMemory(size: memorySize)
+            try vm.setUserMemoryRegion(slot: 0, guestPhysicalAddress: 0, memorySize: memorySize,
+                                       userspaceAddress: memory.userspaceAddress)
+            slot = .init(range: range, sharedMemory: memory)
+        }
         let data = data(index)
-        let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: memorySize), mapping: mapping)])
+        let layout = GuestMemoryLayout(slots: [slot])
         let plan = LaunchPlan(regions: [
             PlanRegion(name: "code", range: GuestRange(start: codeAddress, size: pageSize), contents: .bytes(guestCode)),
             PlanRegion(name: "data", range: GuestRange(start: dataAddress, size: pageSize), contents: .bytes(data)),
@@ -128,6 +141,7 @@ enum BenchCycles {
 
     static func run(_ arguments: [String]) -> ExitCode {
         var count = 1000
+        var choice = RAMChoice.auto
         var index = 0
         while index < arguments.count {
             switch arguments[index] {
@@ -137,6 +151,13 @@ enum BenchCycles {
                     fail("bench cycles: --count needs a positive number\n\(usage)", status: .usage)
                 }
                 count = value
+            case "--ram":
+                index += 1
+                guard index < arguments.count, let value = RAMChoice(rawValue: arguments[index]) else {
+                    fail("bench cycles: --ram needs one of \(RAMChoice.allCases.map(\.rawValue).joined(separator: ", "))\n\(usage)",
+                         status: .usage)
+                }
+                choice = value
             case "--help":
                 print(usage)
                 return .success
@@ -146,16 +167,24 @@ enum BenchCycles {
             index += 1
         }
         do {
+            let kernel = try FeatureHidingKernel.hostKernel()
+            var options = RunOptions()
+            options.ram = choice
+            let ram: RAMBacking
+            switch RunCommand.hostPlan(options, capabilities: try KVM.open(using: kernel).capabilities()) {
+            case .success(let plan): ram = plan.ram
+            case .failure(let refusal): fail("bench cycles: \(refusal.message)")
+            }
             for cycle in 0..<warmUp {
-                try self.cycle(cycle)
+                try self.cycle(cycle, kernel: kernel, ram: ram)
                 _ = resources()
             }
             let before = resources()
             let start = BenchPopulate.now()
-            for cycle in 0..<count { try self.cycle(warmUp + cycle) }
+            for cycle in 0..<count { try self.cycle(warmUp + cycle, kernel: kernel, ram: ram) }
             let seconds = BenchPopulate.now() - start
             let after = resources()
-            print("cycles: open /dev/kvm, create a VM and a guest_memfd, populate in place, run the guest to its exit,"
+            print("cycles: open /dev/kvm, create a VM and its \(ram.rawValue) RAM, populate in place, run the guest to its exit,"
                   + " release; \(count) cycles after \(warmUp) warm-up cycles")
             print("  time          \(BenchPopulate.fixed3(seconds)) s, \(BenchPopulate.fixed3(seconds * 1000 / Double(count))) ms a cycle")
             print("                      before      after     change")

@@ -1,60 +1,145 @@
 import GuestMemfd
 
-/// `snpvmm probe`: reports the host's KVM capabilities, then runs a 12-byte
-/// real-mode guest whose code and message live in guest_memfd memory and
-/// which prints the message on the serial port.
+/// `snpvmm probe`: reports what the host's KVM offers, its capability tier
+/// and what each missing capability costs, then runs a 12-byte real-mode
+/// guest that prints a message on the serial port: from guest_memfd memory
+/// where the host can map guest_memfd, from a memfd mapped shared otherwise.
 enum ProbeCommand {
     static let summary = """
-        probe [--no-boot]   show what this host's KVM offers for guest_memfd and
-                            confidential guests, then boot a tiny guest from
-                            guest_memfd memory to prove the path works
+        probe [--no-boot] [--json]
+                            show what this host's KVM offers for guest_memfd and
+                            confidential guests and its capability tier, then boot
+                            a tiny guest from guest_memfd (or, without it, memfd)
+                            memory to prove the path works
         """
 
     /// The guest: `mov $0x3f8, %dx; 1: lodsb; test %al, %al; jz 2f; out %al, %dx; jmp 1b; 2: hlt`.
     static let guestCode: [UInt8] = [0xBA, 0xF8, 0x03, 0xAC, 0x84, 0xC0, 0x74, 0x03, 0xEE, 0xEB, 0xF8, 0xF4]
-    static let message = "hello from guest_memfd\n"
     static let codeAddress: UInt64 = 0x1000
     static let messageAddress: UInt64 = 0x2000
     static let serialPort: UInt16 = 0x3F8
 
+    /// The message the guest is given to print, naming the memory it runs from.
+    static func message(_ ram: RAMBacking) -> String { "hello from \(ram.rawValue)\n" }
+
+    /// The features whose absence `probe` explains, each once its prerequisite is present.
+    static let explained: [(feature: KVMFeature, prerequisite: KVMFeature?)] = [
+        (.guestMemfd, nil), (.mmap, .guestMemfd), (.memoryAttributes, nil), (.preFault, nil), (.confidential, nil),
+    ]
+
     static func run(_ arguments: [String]) -> ExitCode {
-        var boot = true
+        var boot = true, json = false
         for argument in arguments {
             switch argument {
             case "--no-boot": boot = false
+            case "--json": json = true
             default: fail("probe: unknown option '\(argument)'", status: .usage)
             }
         }
+        let kernel: any KernelInterface
         do {
-            let kvm = try KVM.open()
-            let capabilities = try kvm.capabilities()
-            print(capabilities)
-            let missing = capabilities.missing([.guestMemfd, .userMemory2, .guestMemfdFlags])
-            guard missing.isEmpty else {
-                fail("this host lacks \(missing.joined(separator: ", ")); guest_memfd-backed guests need Linux 6.18+")
-            }
-            guard capabilities.guestMemfdFlags.isSuperset(of: [.mmap, .initShared]) else {
-                fail("guest_memfd here cannot be mapped shared (flags \(capabilities.guestMemfdFlags)); need MMAP|INIT_SHARED")
-            }
-            if boot {
-                let output = try bootGuest(kvm)
-                print("guest said           \(output.debugDescription)")
-                guard output == message else { fail("the guest's output differs from the message it was given") }
-            }
-            return .success
+            kernel = try FeatureHidingKernel.hostKernel()
         } catch {
-            fail("\(error)")
+            fail("probe: \(FeatureHidingKernel.environmentVariable): \(error)", status: .usage)
+        }
+        let kvm: KVM, capabilities: HostCapabilities
+        do {
+            kvm = try KVM.open(using: kernel)
+            capabilities = try kvm.capabilities()
+        } catch {
+            // Tier 0: nothing to boot on.
+            if json {
+                print("{\"tier\": \"\(KVMTier.t0.name)\", \"tier_summary\": \(jsonString(KVMTier.t0.summary)), "
+                      + "\"error\": \(jsonString("\(error)")), \"booted\": false}")
+            } else {
+                print("tier                 \(KVMTier.t0)")
+                print("missing              kvm: \(error)")
+                print("                     costs: \(KVMFeature.kvm.costWhenMissing)")
+            }
+            fail("no guest can run here: \(error)")
+        }
+        let missing = explained.filter { entry in
+            !capabilities.has(entry.feature) && entry.prerequisite.map(capabilities.has) ?? true
+        }.map(\.feature)
+        let ram: RAMBacking = capabilities.has(.mmap) ? .guestMemfd : .memfd
+        var output: Result<String, KVMError>?
+        if boot {
+            output = Result { () throws(KVMError) in try bootGuest(kvm, ram: ram) }
+        }
+        if json {
+            print(jsonText(capabilities, missing: missing, ram: ram, output: output))
+        } else {
+            print(capabilities)
+            print("tier                 \(capabilities.tier)")
+            for feature in missing {
+                print("missing              \(feature): \(capabilities.whyMissing(feature) ?? "")")
+                print("                     costs: \(feature.costWhenMissing)")
+            }
+            if let output {
+                let why = ram == .memfd ? " (no guest_memfd the host can map here)" : ""
+                print("guest RAM            \(ram == .memfd ? "memfd mapped shared" : "guest_memfd, MMAP|INIT_SHARED")\(why)")
+                if case .success(let text) = output { print("guest said           \(text.debugDescription)") }
+            }
+        }
+        switch output {
+        case nil: return .success
+        case .success(let text)?:
+            guard text == message(ram) else { fail("the guest's output differs from the message it was given") }
+            return .success
+        case .failure(let error)?:
+            fail("booting the probe guest from \(ram.rawValue) memory: \(error)")
         }
     }
 
-    /// Boots the guest and returns what it wrote to the serial port.
-    static func bootGuest(_ kvm: KVM) throws(KVMError) -> String {
+    /// The probe's findings as one JSON object.
+    static func jsonText(_ capabilities: HostCapabilities, missing: [KVMFeature], ram: RAMBacking,
+                         output: Result<String, KVMError>?) -> String {
+        var fields = [
+            "\"tier\": \"\(capabilities.tier.name)\"",
+            "\"tier_summary\": \(jsonString(capabilities.tier.summary))",
+            "\"api_version\": \(capabilities.apiVersion)",
+            "\"vm_types\": [\(capabilities.vmTypes.map { jsonString($0.name) }.joined(separator: ", "))]",
+            "\"guest_memfd\": \(capabilities.guestMemfd)",
+            "\"guest_memfd_flags\": \(capabilities.guestMemfdFlags.rawValue)",
+            "\"user_memory2\": \(capabilities.userMemory2)",
+            "\"memory_attributes\": \(capabilities.memoryAttributes.rawValue)",
+            "\"memory_fault_info\": \(capabilities.memoryFaultInfo)",
+            "\"pre_fault_memory\": \(capabilities.preFaultMemory)",
+            "\"memslots\": \(capabilities.memslots)",
+            "\"missing\": [" + missing.map {
+                "{\"feature\": \"\($0.rawValue)\", \"reason\": \(jsonString(capabilities.whyMissing($0) ?? "")), "
+                    + "\"cost\": \(jsonString($0.costWhenMissing))}"
+            }.joined(separator: ", ") + "]",
+        ]
+        switch output {
+        case nil:
+            fields.append("\"booted\": false")
+        case .success(let text)?:
+            fields += ["\"booted\": \(text == message(ram))", "\"ram\": \"\(ram.rawValue)\"", "\"guest_output\": \(jsonString(text))"]
+        case .failure(let error)?:
+            fields += ["\"booted\": false", "\"ram\": \"\(ram.rawValue)\"", "\"error\": \(jsonString("\(error)"))"]
+        }
+        return "{" + fields.joined(separator: ", ") + "}"
+    }
+
+    /// Boots the guest from `ram` and returns what it wrote to the serial port.
+    static func bootGuest(_ kvm: KVM, ram: RAMBacking) throws(KVMError) -> String {
         let vm = try kvm.createVM()
-        let memfd = try vm.createGuestMemfd(size: 0x10000, flags: [.mmap, .initShared])
-        let memory = try memfd.map()
+        let size: UInt64 = 0x10000
+        let memory: any MappedGuestMemory
+        switch ram {
+        case .guestMemfd:
+            let mapping = try vm.createGuestMemfd(size: size, flags: [.mmap, .initShared]).map()
+            try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: mapping))
+            memory = mapping
+        case .memfd:
+            let shared = try SharedMemory(size: size, name: "probe-ram")
+            try vm.setUserMemoryRegion(slot: 0, guestPhysicalAddress: 0, memorySize: size,
+                                       userspaceAddress: shared.userspaceAddress)
+            memory = shared
+        }
         try memory.write(guestCode, at: Int(codeAddress))
-        try memory.write(Array(message.utf8) + [0], at: Int(messageAddress))
-        try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: memory))
+        try memory.write(Array(message(ram).utf8) + [0], at: Int(messageAddress))
 
         let vcpu = try vm.createVCPU(id: 0)
         try vcpu.enterRealMode(at: codeAddress) { $0.rsi = messageAddress }

@@ -29,12 +29,22 @@ struct RunOptions: Equatable, Sendable {
     var platform: Platform = .plain
     var emulate = false
     var ledger: String?
+    /// Where guest RAM comes from: `--ram`.
+    var ram: RAMChoice = .auto
     /// `--help` was given: print the help and nothing else.
     var help = false
 
     static let defaultMemory: UInt64 = 256 << 20
     /// The largest `--memory` accepted.
     static let maximumMemory: UInt64 = 1 << 40
+}
+
+/// `--ram`: the backing a user asks for.
+enum RAMChoice: String, CaseIterable, Sendable {
+    /// guest_memfd where the host can map it, else a memfd.
+    case auto
+    case guestMemfd = "guest_memfd"
+    case memfd
 }
 
 /// A command-line mistake: one line, exit status 2.
@@ -56,10 +66,12 @@ enum RunCommand {
     static let help = """
         usage: snpvmm run --kernel FILE [--initrd FILE] [--append STR] [--memory SIZE]
                           [--cpus N] [--platform plain|snp|tdx|cca] [--emulate] [--ledger FILE]
+                          [--ram auto|guest_memfd|memfd]
 
-        Boots a kernel on this host's KVM from guest_memfd memory that snpvmm fills
-        in place before the guest's first instruction. The guest's serial port is
-        this process's standard output.
+        Boots a kernel on this host's KVM from memory that snpvmm fills in place
+        before the guest's first instruction: guest_memfd where the host's KVM can
+        map it, otherwise a memfd mapped shared. The guest's serial port is this
+        process's standard output.
 
           --kernel FILE     the kernel, as QEMU's -kernel: an ELF64 executable with a
                             Xen PVH entry note (entered in 32-bit protected mode with
@@ -80,6 +92,12 @@ enum RunCommand {
                             run the guest on this host's default VM
           --ledger FILE     write every launch operation, with page hashes and the
                             running digest, to FILE as JSON lines
+          --ram KIND        guest RAM: guest_memfd (needs KVM_CAP_GUEST_MEMFD with
+                            MMAP|INIT_SHARED), memfd (a memfd mapped shared, as
+                            QEMU's memory-backend-memfd; any KVM), or auto (default:
+                            guest_memfd where the host offers it, saying so on
+                            standard error when it does not). A real snp launch
+                            always uses guest_memfd
           --help            show this text
 
         Devices: an 8250 UART at 0x3f8 (IRQ 4) writing to standard output; QEMU's
@@ -109,10 +127,24 @@ enum RunCommand {
         } catch {
             fail("run: \(error.message(kernel: options.kernel))", status: .usage)
         }
-        let kvm: KVM
+        let kernel: any KernelInterface
         do {
-            kvm = try openKVM(options)
-            if let problem = try hostProblem(options, capabilities: kvm.capabilities()) {
+            kernel = try FeatureHidingKernel.hostKernel()
+        } catch {
+            fail("run: \(FeatureHidingKernel.environmentVariable): \(error)", status: .usage)
+        }
+        let kvm: KVM
+        let ram: RAMBacking
+        do {
+            kvm = try KVM.open(using: kernel)
+            switch hostPlan(options, capabilities: try kvm.capabilities()) {
+            case .success(let plan):
+                ram = plan.ram
+                if let note = plan.note {
+                    var standardError = StandardError()
+                    print("snpvmm: \(note)", to: &standardError)
+                }
+            case .failure(let problem):
                 fail(problem.message, status: problem.status)
             }
         } catch {
@@ -120,7 +152,7 @@ enum RunCommand {
         }
         let end: RunEnd
         do {
-            end = try boot(setup, options: options, kvm: kvm, output: StandardOutput.write)
+            end = try boot(setup, options: options, ram: ram, kvm: kvm, output: StandardOutput.write)
         } catch {
             fail(error.isUsage ? "run: \(error.description)" : error.description, status: error.isUsage ? .usage : .failure)
         }
@@ -162,7 +194,7 @@ enum RunCommand {
                 options.help = true
                 return options
             }
-            let flags = ["--kernel", "--initrd", "--append", "--memory", "--cpus", "--platform", "--emulate", "--ledger"]
+            let flags = ["--kernel", "--initrd", "--append", "--memory", "--cpus", "--platform", "--emulate", "--ledger", "--ram"]
             guard flags.contains(argument) else {
                 throw RunUsageError("unknown option '\(arguments[index - 1])' (see snpvmm run --help)")
             }
@@ -189,6 +221,12 @@ enum RunCommand {
             case "--emulate":
                 if inlineValue != nil { throw RunUsageError("--emulate takes no value") }
                 options.emulate = true
+            case "--ram":
+                let text = try value()
+                guard let ram = RAMChoice(rawValue: text) else {
+                    throw RunUsageError("--ram '\(text)' is not one of \(RAMChoice.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                options.ram = ram
             default:  // --ledger
                 options.ledger = try value()
             }
@@ -200,6 +238,9 @@ enum RunCommand {
         }
         if options.ledger != nil && options.platform == .plain {
             throw RunUsageError("--ledger accounts for a confidential launch; give --platform snp, tdx or cca")
+        }
+        if options.ram == .memfd && options.platform == .snp && !options.emulate {
+            throw RunUsageError("--ram memfd holds no private memory; an SEV-SNP launch needs guest_memfd (or --emulate)")
         }
         return options
     }
@@ -233,45 +274,68 @@ enum RunCommand {
                                            snp: options.platform == .snp && !options.emulate))
     }
 
-    /// The KVM the guest runs on: the host's `/dev/kvm`. An emulated
-    /// platform (`--emulate`) opens its fake kernel here instead.
-    static func openKVM(_ options: RunOptions) throws(KVMError) -> KVM {
-        try KVM.open()
+    /// How the guest will run on this host: its RAM backing, and a note for
+    /// standard error when the backing is not the one a user would expect.
+    struct HostPlan: Equatable {
+        var ram: RAMBacking
+        var note: String?
     }
 
-    /// What stops this host from running the guest as asked, if anything.
-    static func hostProblem(_ options: RunOptions, capabilities: HostCapabilities)
-        -> (message: String, status: ExitCode)?
-    {
-        let missing = capabilities.missing([.guestMemfd, .userMemory2, .guestMemfdFlags])
-        if !missing.isEmpty {
-            return ("this host lacks \(missing.joined(separator: ", ")); guest_memfd-backed guests need Linux 6.18+", .failure)
-        }
-        if !capabilities.guestMemfdFlags.isSuperset(of: [.mmap, .initShared]) {
-            return ("guest_memfd here cannot be mapped shared (flags \(capabilities.guestMemfdFlags)); snpvmm needs MMAP|INIT_SHARED",
-                    .failure)
-        }
-        guard options.platform != .plain, !options.emulate else { return nil }
+    /// Why this host cannot run the guest as asked: one line and an exit status.
+    struct HostRefusal: Error, Equatable {
+        var message: String
+        var status: ExitCode
+    }
+
+    /// Decides the RAM backing from `--ram` and what the host offers, or why
+    /// the host cannot run the guest as asked.
+    ///
+    /// A plain guest, and every `--emulate` run (whose guest then runs as a
+    /// plain one), runs from guest_memfd where the host can map it and from
+    /// a memfd otherwise; a real SNP launch needs the SNP VM type and
+    /// guest_memfd.
+    static func hostPlan(_ options: RunOptions, capabilities: HostCapabilities) -> Result<HostPlan, HostRefusal> {
         let offered = capabilities.vmTypes.map(\.name).joined(separator: ", ")
         let emulate = "(use --emulate to run over the emulated platform)"
-        switch options.platform {
-        case .plain:
-            return nil
-        case .snp:
-            guard capabilities.vmTypes.contains(.snp) else {
-                return ("--platform snp needs a host whose KVM offers \(VMType.snp.name); this host offers \(offered) \(emulate)",
-                        .failure)
+        switch (options.platform, options.emulate) {
+        case (.plain, _), (_, true):
+            switch options.ram {
+            case .memfd:
+                return .success(HostPlan(ram: .memfd))
+            case .guestMemfd:
+                if let missing = capabilities.whyMissing(.guestMemfd) ?? capabilities.whyMissing(.mmap) {
+                    return .failure(HostRefusal(message: "--ram guest_memfd: \(missing); a plain guest's RAM must be "
+                                                    + "guest_memfd the host can write (use --ram memfd or auto)", status: .failure))
+                }
+                return .success(HostPlan(ram: .guestMemfd))
+            case .auto:
+                if let missing = capabilities.whyMissing(.guestMemfd) ?? capabilities.whyMissing(.mmap) {
+                    return .success(HostPlan(ram: .memfd, note: "guest RAM is a memfd mapped shared, not guest_memfd: \(missing)"))
+                }
+                return .success(HostPlan(ram: .guestMemfd))
             }
-            return nil
-        case .tdx:
+        case (.snp, false):
+            guard capabilities.vmTypes.contains(.snp) else {
+                return .failure(HostRefusal(
+                    message: "--platform snp needs a host whose KVM offers \(VMType.snp.name); this host offers \(offered) \(emulate)",
+                    status: .failure))
+            }
+            if let missing = capabilities.whyMissing(.guestMemfd) {
+                return .failure(HostRefusal(message: "--platform snp keeps guest memory private in guest_memfd: \(missing)",
+                                            status: .failure))
+            }
+            return .success(HostPlan(ram: .guestMemfd))
+        case (.tdx, false):
             // tdx_vcpu_create protects a TD's register state: KVM_SET_REGS is refused.
-            return ("--platform tdx boots a TD from a TDVF firmware image whose reset vector the TDX module enters "
+            return .failure(HostRefusal(
+                message: "--platform tdx boots a TD from a TDVF firmware image whose reset vector the TDX module enters "
                     + "with registers the host cannot set; snpvmm run loads kernels directly and no firmware, "
                     + (capabilities.vmTypes.contains(.tdx) ? "so it cannot launch a TD on this host " : "and this host offers \(offered) ")
-                    + emulate, .failure)
-        case .cca:
-            return ("--platform cca needs an arm64 host whose KVM offers \(VMType.armRealm.name); snpvmm run boots x86 "
-                    + "kernels on x86 hosts \(emulate)", .failure)
+                    + emulate, status: .failure))
+        case (.cca, false):
+            return .failure(HostRefusal(
+                message: "--platform cca needs an arm64 host whose KVM offers \(VMType.armRealm.name); snpvmm run boots x86 "
+                    + "kernels on x86 hosts \(emulate)", status: .failure))
         }
     }
 
@@ -297,14 +361,14 @@ enum RunCommand {
     }
 
     /// Creates the machine, fills its memory, sets the boot vCPU and runs it.
-    static func boot(_ setup: BootSetup, options: RunOptions, kvm: KVM,
+    static func boot(_ setup: BootSetup, options: RunOptions, ram: RAMBacking, kvm: KVM,
                      output: @escaping @Sendable ([UInt8]) -> Void) throws(BootFailure) -> RunEnd {
         // --emulate launches on the fake first; the guest then runs as a plain one.
         let platform: Platform = options.platform == .snp && !options.emulate ? .snp : .plain
         let machine: Machine
         do {
-            machine = try Machine(kvm: kvm, platform: platform, memorySize: options.memory, cpus: options.cpus,
-                                  output: output)
+            machine = try Machine(kvm: kvm, platform: platform, ram: ram, memorySize: options.memory,
+                                  cpus: options.cpus, output: output)
         } catch {
             throw .kvm(error)
         }

@@ -6,17 +6,21 @@ import Populate
 import Synchronization
 import Testing
 
-/// Guests booted for real on this host's KVM from guest_memfd memory.
-@Suite(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"), .serialized)
+/// Guests booted for real on this host's KVM, from guest_memfd memory where
+/// the host can map it and from memfd RAM otherwise, as `snpvmm run` picks.
+@Suite(.requiresKVM(.kvm), .serialized)
 struct RealBootTests {
     let kvm: KVM
 
     init() throws {
         kvm = try KVMHost.open()
-        let flags = try kvm.capabilities().guestMemfdFlags
-        try #require(flags.isSuperset(of: [.mmap, .initShared]),
-                     "snpvmm run needs guest_memfd with MMAP and INIT_SHARED (Linux 6.18+); the host offers \(flags)")
     }
+
+    /// The backing `--ram auto` picks on this host.
+    static var ram: RAMBacking { KVMHost.has(.mmap) ? .guestMemfd : .memfd }
+
+    /// Every backing this host offers a plain guest.
+    static var backings: [RAMBacking] { KVMHost.has(.mmap) ? [.guestMemfd, .memfd] : [.memfd] }
 
     final class Console: Sendable {
         private let bytes = Mutex<[UInt8]>([])
@@ -26,14 +30,14 @@ struct RealBootTests {
 
     /// Loads and boots `kernel`, returning what the guest printed and how the run ended.
     func boot(_ kernel: ImageSource, initrd: [UInt8]? = nil, commandLine: String = "", memory: UInt64 = 256 << 20,
-              cpus: Int = 1) throws -> (output: String, end: RunEnd) {
+              cpus: Int = 1, ram: RAMBacking = RealBootTests.ram) throws -> (output: String, end: RunEnd) {
         let setup = try Loader.load(BootRequest(kernel: kernel, initrd: initrd.map { ImageSource(bytes: $0) },
                                                 commandLine: commandLine, memorySize: memory, cpus: cpus))
         var options = RunOptions()
         options.memory = memory
         options.cpus = cpus
         let console = Console()
-        let end = try RunCommand.boot(setup, options: options, kvm: kvm, output: { console.write($0) })
+        let end = try RunCommand.boot(setup, options: options, ram: ram, kvm: kvm, output: { console.write($0) })
         return (console.text, end)
     }
 
@@ -66,10 +70,11 @@ struct RealBootTests {
         "0x0000000000100000 size 0x000000000ff00000 type 0x00000001",
     ]
 
-    @Test func pvhGuestSeesItsInitrdAndCommandLine() throws {
+    @Test(arguments: RealBootTests.backings)
+    func pvhGuestSeesItsInitrdAndCommandLine(_ ram: RAMBacking) throws {
         let payload = (0..<3000).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
         let result = try boot(ImageSource(path: Fixtures.pvhCheckPath, role: "kernel"),
-                              initrd: Fixtures.pvhCheckModule(payload), commandLine: "console=ttyS0 pvh-check")
+                              initrd: Fixtures.pvhCheckModule(payload), commandLine: "console=ttyS0 pvh-check", ram: ram)
         #expect(result.output == Self.pvhCheckOutput(commandLine: "console=ttyS0 pvh-check", payload: payload,
                                                      memoryMap: Self.map256M))
         #expect(result.end == .debugExit(value: Fixtures.pvhCheckPassed))
@@ -144,9 +149,10 @@ struct RealBootTests {
 
     // MARK: Plain population
 
-    @Test func plainPopulateWritesContentsThenZerosOverDirtyMemory() throws {
-        let machine = try Machine(kvm: kvm, memorySize: 4 << 20, cpus: 1, output: { _ in })
-        try machine.memory!.fill(0xAA, at: 0, count: 4 << 20)
+    @Test(arguments: RealBootTests.backings)
+    func plainPopulateWritesContentsThenZerosOverDirtyMemory(_ ram: RAMBacking) throws {
+        let machine = try Machine(kvm: kvm, ram: ram, memorySize: 4 << 20, cpus: 1, output: { _ in })
+        try machine.hostMemory!.fill(0xAA, at: 0, count: 4 << 20)
         let directory = try TemporaryDirectory()
         let file = try directory.write("image", Array(0..<200).map { UInt8($0) })
         let plan = LaunchPlan(regions: [
@@ -156,20 +162,20 @@ struct RealBootTests {
             PlanRegion(name: "zeros", range: GuestRange(start: 0x20_0000, size: 0x1000), contents: .zeros, kind: .zero),
         ])
         try machine.populatePlain(plan)
-        #expect(try machine.memory!.read(at: 0x1000, count: 4) == [1, 2, 3, 0])
-        #expect(try machine.memory!.read(at: 0x2FFF, count: 2) == [0, 0xAA])
-        #expect(try machine.memory!.read(at: 0x10_0000, count: 51) == Array(100..<150).map { UInt8($0) } + [0])
-        #expect(try machine.memory!.read(at: 0x20_0000, count: 0x1000) == [UInt8](repeating: 0, count: 0x1000))
-        #expect(try machine.memory!.read(at: 0xFFF, count: 1) == [0xAA])
+        #expect(try machine.hostMemory!.read(at: 0x1000, count: 4) == [1, 2, 3, 0])
+        #expect(try machine.hostMemory!.read(at: 0x2FFF, count: 2) == [0, 0xAA])
+        #expect(try machine.hostMemory!.read(at: 0x10_0000, count: 51) == Array(100..<150).map { UInt8($0) } + [0])
+        #expect(try machine.hostMemory!.read(at: 0x20_0000, count: 0x1000) == [UInt8](repeating: 0, count: 0x1000))
+        #expect(try machine.hostMemory!.read(at: 0xFFF, count: 1) == [0xAA])
     }
 
     @Test func plainPopulateRejectsAnInvalidPlanBeforeWritingAnything() throws {
-        let machine = try Machine(kvm: kvm, memorySize: 4 << 20, cpus: 1, output: { _ in })
+        let machine = try Machine(kvm: kvm, ram: Self.ram, memorySize: 4 << 20, cpus: 1, output: { _ in })
         let plan = LaunchPlan(regions: [
             PlanRegion(name: "first", range: GuestRange(start: 0x1000, size: 0x1000), contents: .bytes([7])),
             PlanRegion(name: "beyond", range: GuestRange(start: 0x40_0000, size: 0x1000), contents: .bytes([8])),
         ])
         #expect(throws: PopulateFailure.self) { try machine.populatePlain(plan) }
-        #expect(try machine.memory!.read(at: 0x1000, count: 1) == [0])
+        #expect(try machine.hostMemory!.read(at: 0x1000, count: 1) == [0])
     }
 }

@@ -102,17 +102,18 @@ import Testing
         var options = RunOptions()
         options.platform = .tdx
         let tdxHost = try KVM.open(using: FakeKVM(profile: .tdxHost)).capabilities()
-        let tdx = try #require(RunCommand.hostProblem(options, capabilities: tdxHost))
+        let tdx = try #require(RunCommand.hostPlan(options, capabilities: tdxHost).refusal)
         #expect(tdx.message.contains("TDVF") && tdx.message.contains("cannot launch a TD on this host"))
         #expect(tdx.message.hasSuffix("(use --emulate to run over the emulated platform)"))
         options.platform = .cca
-        let cca = try #require(RunCommand.hostProblem(options, capabilities: try KVM.open(using: FakeKVM(profile: .ccaHost)).capabilities()))
+        let cca = try #require(RunCommand.hostPlan(options, capabilities: try KVM.open(using: FakeKVM(profile: .ccaHost)).capabilities()).refusal)
         #expect(cca.message.contains("arm64"))
         options.platform = .snp
-        #expect(RunCommand.hostProblem(options, capabilities: try KVM.open(using: FakeKVM(profile: .snpHost)).capabilities()) == nil)
+        #expect(RunCommand.hostPlan(options, capabilities: try KVM.open(using: FakeKVM(profile: .snpHost)).capabilities())
+                == .success(RunCommand.HostPlan(ram: .guestMemfd)))
         options.emulate = true
         options.platform = .tdx
-        #expect(RunCommand.hostProblem(options, capabilities: tdxHost) == nil)
+        #expect(RunCommand.hostPlan(options, capabilities: tdxHost) == .success(RunCommand.HostPlan(ram: .guestMemfd)))
     }
 
     @Test func anSNPLayoutReservesItsPagesAndPointsBootParamsAtTheCCBlob() throws {
@@ -163,5 +164,13 @@ import Testing
         #expect(throws: SNPGuestPages.TooManyEntries.self) {
             _ = try SNPGuestPages.cpuidTable([kvm_cpuid_entry2](repeating: plain, count: 65))
         }
+    }
+}
+
+extension Result where Success == RunCommand.HostPlan, Failure == RunCommand.HostRefusal {
+    /// The refusal, nil where the host can run the guest.
+    var refusal: RunCommand.HostRefusal? {
+        if case .failure(let refusal) = self { return refusal }
+        return nil
     }
 }

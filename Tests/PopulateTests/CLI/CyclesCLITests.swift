@@ -12,7 +12,7 @@ struct CyclesCLITests {
         return numbers.count == 2 ? (numbers[0], numbers[1]) : nil
     }
 
-    @Test(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"))
+    @Test(.requiresKVM(.kvm))
     func twentyCyclesLeaveTheDescriptorsAndMappingsAsTheyWere() throws {
         let outcome = try Snpvmm.run(["bench", "cycles", "--count", "20"])
         if ProcessInfo.processInfo.environment["SNPVMM_SANITIZER"] == "address", outcome.status == 1 {

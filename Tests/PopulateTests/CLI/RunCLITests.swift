@@ -12,7 +12,7 @@ struct RunCLITests {
 
     init() throws { directory = try TemporaryDirectory() }
 
-    @Test(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"))
+    @Test(.requiresKVM(.kvm))
     func fixtureGuestBootsPrintsItsChecksAndExitsThroughDebugExit() throws {
         let payload = Array("a module for pvh-check\n".utf8)
         let initrd = try directory.write("initrd", Fixtures.pvhCheckModule(payload))
@@ -21,27 +21,57 @@ struct RunCLITests {
         #expect(outcome == Snpvmm.Outcome(
             stdout: RealBootTests.pvhCheckOutput(commandLine: "console=ttyS0 quiet", payload: payload,
                                                  memoryMap: RealBootTests.map256M),
+            stderr: Snpvmm.ramNote, status: 33))
+    }
+
+    @Test(.requiresKVM(.kvm))
+    func memfdRAMAskedForBootsTheSameGuestWithoutANote() throws {
+        let payload = Array("memfd RAM\n".utf8)
+        let initrd = try directory.write("initrd", Fixtures.pvhCheckModule(payload))
+        let outcome = try Snpvmm.run(["run", "--kernel", kernel, "--initrd", initrd, "--ram", "memfd"])
+        #expect(outcome == Snpvmm.Outcome(
+            stdout: RealBootTests.pvhCheckOutput(commandLine: "", payload: payload, memoryMap: RealBootTests.map256M),
             stderr: "", status: 33))
     }
 
-    @Test(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"))
+    @Test(.requiresKVM(.mmap))
+    func guestMemfdRAMAskedForBootsWithoutANote() throws {
+        let payload = Array("guest_memfd RAM\n".utf8)
+        let initrd = try directory.write("initrd", Fixtures.pvhCheckModule(payload))
+        let outcome = try Snpvmm.run(["run", "--kernel", kernel, "--initrd", initrd, "--ram", "guest_memfd"])
+        #expect(outcome == Snpvmm.Outcome(
+            stdout: RealBootTests.pvhCheckOutput(commandLine: "", payload: payload, memoryMap: RealBootTests.map256M),
+            stderr: "", status: 33))
+    }
+
+    @Test(.requiresKVMWithout(.guestMemfd))
+    func guestMemfdRAMOnAKVMWithoutItIsRefusedInOneLineNamingTheCapability() throws {
+        let outcome = try Snpvmm.run(["run", "--kernel", kernel, "--ram", "guest_memfd"])
+        #expect(outcome == Snpvmm.Outcome(
+            stdout: "",
+            stderr: "snpvmm: --ram guest_memfd: host KVM lacks guest_memfd (KVM_CAP_GUEST_MEMFD = 0); a plain guest's RAM must be guest_memfd the host can write (use --ram memfd or auto)\n",
+            status: 1))
+    }
+
+    @Test(.requiresKVM(.kvm))
     func tripleFaultIsReportedOnStandardErrorAndEndsTheRunCleanly() throws {
         let path = try directory.write("ud2.elf", ELFBuilder.pvh([0x0F, 0x0B]).build())
         #expect(try Snpvmm.run(["run", "--kernel", path]) == Snpvmm.Outcome(
-            stdout: "", stderr: "snpvmm: the guest triple-faulted (KVM_EXIT_SHUTDOWN); the run is over\n", status: 0))
+            stdout: "", stderr: Snpvmm.ramNote + "snpvmm: the guest triple-faulted (KVM_EXIT_SHUTDOWN); the run is over\n",
+            status: 0))
     }
 
-    @Test(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"))
+    @Test(.requiresKVM(.kvm))
     func guestHaltedWithInterruptsOffEndsWithStatusZero() throws {
         let path = try directory.write("halt.elf", ELFBuilder.pvh(RealBootTests.printThenHalt).build())
-        #expect(try Snpvmm.run(["run", "--kernel", path, "--cpus", "2"]) == Snpvmm.Outcome(stdout: "h", stderr: "", status: 0))
+        #expect(try Snpvmm.run(["run", "--kernel", path, "--cpus", "2"]) == Snpvmm.Outcome(stdout: "h", stderr: Snpvmm.ramNote, status: 0))
     }
 
     @Test func helpExplainsTheFlags() throws {
         let outcome = try Snpvmm.run(["run", "--help"])
         #expect(outcome.status == 0 && outcome.stderr.isEmpty)
         for flag in ["--kernel FILE", "--initrd FILE", "--append STR", "--memory SIZE", "--cpus N", "--platform NAME",
-                     "--emulate", "--ledger FILE", "QEMU's -kernel", "QEMU's -m", "QEMU's -smp"] {
+                     "--emulate", "--ledger FILE", "--ram KIND", "QEMU's -kernel", "QEMU's -m", "QEMU's -smp"] {
             #expect(outcome.stdout.contains(flag), "help lacks \(flag)")
         }
     }
@@ -86,6 +116,10 @@ struct RunCLITests {
                 "run: --platform 'sev' is not one of plain, snp, tdx, cca"),
         Refusal("emulate on plain", { _, k in ["--kernel", k, "--emulate"] },
                 "run: --emulate applies to --platform snp, tdx or cca"),
+        Refusal("unknown RAM backing", { _, k in ["--kernel", k, "--ram", "hugetlbfs"] },
+                "run: --ram 'hugetlbfs' is not one of auto, guest_memfd, memfd"),
+        Refusal("memfd RAM for a real SNP launch", { _, k in ["--kernel", k, "--platform", "snp", "--ram", "memfd"] },
+                "run: --ram memfd holds no private memory; an SEV-SNP launch needs guest_memfd (or --emulate)"),
         Refusal("ledger on plain", { _, k in ["--kernel", k, "--ledger", "ledger.json"] },
                 "run: --ledger accounts for a confidential launch; give --platform snp, tdx or cca"),
         Refusal("missing kernel file", { d, _ in ["--kernel", d.path + "/absent"] },
@@ -125,7 +159,7 @@ struct RunCLITests {
     /// The emulated platform launches the plan (its firmware's measurement
     /// must equal the engine's, or the run stops), prints the measurement,
     /// writes the ledger, and the same guest then runs on this host's VM.
-    @Test(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"), arguments: ["snp", "tdx", "cca"])
+    @Test(.requiresKVM(.kvm), arguments: ["snp", "tdx", "cca"])
     func emulatedLaunchPrintsTheMeasurementWritesTheLedgerThenBootsTheGuest(_ platform: String) throws {
         let payload = Array("a module for pvh-check\n".utf8)
         let initrd = try directory.write("initrd", Fixtures.pvhCheckModule(payload))
@@ -135,8 +169,10 @@ struct RunCLITests {
         #expect(outcome.status == 33)
         #expect(outcome.stdout == RealBootTests.pvhCheckOutput(commandLine: "console=ttyS0 quiet", payload: payload,
                                                                memoryMap: RealBootTests.map256M))
+        // The note on guest RAM, where the host has no guest_memfd to map, comes first.
+        #expect(outcome.stderr.hasPrefix(Snpvmm.ramNote))
         let prefix = "snpvmm: emulated \(platform) launch measurement "
-        let first = try #require(outcome.stderr.split(separator: "\n").first.map(String.init))
+        let first = try #require(outcome.stderr.dropFirst(Snpvmm.ramNote.count).split(separator: "\n").first.map(String.init))
         #expect(first.hasPrefix(prefix))
         let measurement = String(first.dropFirst(prefix.count))
         #expect(measurement.count == (platform == "cca" ? 64 : 96))
@@ -145,7 +181,7 @@ struct RunCLITests {
         #expect(lines.last?.contains("\"measurement\":\"\(measurement)\"") == true)
     }
 
-    @Test(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"))
+    @Test(.requiresKVM(.kvm))
     func confidentialPlatformOnAHostWithoutItNamesWhatIsMissing() throws {
         let offered = try KVMHost.open().capabilities().vmTypes
         try #require(!offered.contains(.snp), "this host offers SNP; the refusal applies to hosts without it")
@@ -156,7 +192,7 @@ struct RunCLITests {
             status: 1))
     }
 
-    @Test(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"), arguments: ["tdx", "cca"])
+    @Test(.requiresKVM(.kvm), arguments: ["tdx", "cca"])
     func tdxAndCCAWithoutEmulateSayWhyInOneLine(_ platform: String) throws {
         let outcome = try Snpvmm.run(["run", "--kernel", kernel, "--platform", platform])
         #expect(outcome.status == 1)
@@ -173,7 +209,7 @@ struct RunCLITests {
 /// (about 2 s here); the full boot is scripts/boot-linux.
 @Suite(.enabled(if: Snpvmm.isBuilt, "the snpvmm executable is not built beside the tests"))
 struct BzImageBootTests {
-    @Test(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"),
+    @Test(.requiresKVM(.kvm),
           .enabled(if: DebianKernel.path != nil, "Debian's kernel is not in .build-fixtures (run scripts/setup)"))
     func debianKernelDecompressorPrintsOnTheSerialConsole() throws {
         let marker = "KASLR disabled: 'nokaslr' on cmdline."

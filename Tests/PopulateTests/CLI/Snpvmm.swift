@@ -11,6 +11,13 @@ enum Snpvmm {
 
     static var isBuilt: Bool { FileManager.default.isExecutableFile(atPath: path) }
 
+    /// What `run --ram auto` says on standard error about guest RAM on this
+    /// host: nothing where guest_memfd can be mapped, one line otherwise.
+    static var ramNote: String {
+        guard let missing = KVMHost.whyMissing(.guestMemfd) ?? KVMHost.whyMissing(.mmap) else { return "" }
+        return "snpvmm: guest RAM is a memfd mapped shared, not guest_memfd: \(missing)\n"
+    }
+
     /// What one run printed and how it ended.
     struct Outcome: Equatable, CustomStringConvertible {
         var stdout: String
@@ -20,11 +27,14 @@ enum Snpvmm {
         var description: String { "status \(status)\nstdout:\n\(stdout)\nstderr:\n\(stderr)" }
     }
 
-    /// Runs snpvmm to completion.
-    static func run(_ arguments: [String]) throws -> Outcome {
+    /// Runs snpvmm to completion, with this process's environment plus `environment`.
+    static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> Outcome {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let stdout = Pipe(), stderr = Pipe()
         process.standardOutput = stdout
         process.standardError = stderr

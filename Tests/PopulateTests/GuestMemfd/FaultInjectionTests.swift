@@ -8,19 +8,20 @@ import Testing
     static var backends: [Backend] { KVMHost.isUsable ? Backend.allCases : [.fake] }
 
     func kernel(_ backend: Backend) -> FaultInjectingKernel {
-        FaultInjectingKernel(backend == .real ? LinuxKernel() as any KernelInterface : FakeKVM(profile: .thisMachine))
+        FaultInjectingKernel(backend == .real ? (try? KVMHost.kernel.get()) ?? LinuxKernel()
+                                              : FakeKVM(profile: KVMHost.matchingFakeProfile))
     }
 
     @Test(arguments: backends)
     func anInjectedErrnoFailsTheNamedCallOnceThenItSucceeds(_ backend: Backend) throws {
         let kernel = kernel(backend)
-        let vm = try KVM.open(using: kernel).createVM()
-        kernel.inject(.noMemory, into: .ioctl(.createGuestMemfd))
-        let error = kvmError { _ = try vm.createGuestMemfd(size: 0x1000, flags: [.mmap]) }
+        let kvm = try KVM.open(using: kernel)
+        kernel.inject(.noMemory, into: .ioctl(.createVM))
+        let error = kvmError { _ = try kvm.createVM() }
         #expect(error?.errno == .noMemory)
-        #expect(error?.operation == .ioctl(.createGuestMemfd))
-        #expect(kvmError { _ = try vm.createGuestMemfd(size: 0x1000, flags: [.mmap]) } == nil)
-        let calls = kernel.trace.filter { $0.operation == .ioctl(.createGuestMemfd) }
+        #expect(error?.operation == .ioctl(.createVM))
+        #expect(kvmError { _ = try kvm.createVM() } == nil)
+        let calls = kernel.trace.filter { $0.operation == .ioctl(.createVM) }
         #expect(calls.map(\.injected) == [true, false])
         #expect(calls.map(\.errno) == [.noMemory, nil])
     }
@@ -39,13 +40,14 @@ import Testing
         let persistent = (0..<3).map { _ in kvmError { _ = try kvm.getAPIVersion() }?.errno }
         #expect(persistent == [nil, .noMemory, .noMemory])
         kernel.clearRules()
-        kernel.inject(.badAddress, into: .syscall(.mmap), .always)
+        // Every tier maps a vCPU's kvm_run area through the seam. A vCPU
+        // outlives its descriptor (it goes with the VM), so each try takes a new id.
         let vm = try kvm.createVM()
-        let memfd = try vm.createGuestMemfd(size: 0x1000, flags: [.mmap, .initShared])
-        #expect(kvmError { _ = try memfd.map() }?.errno == .badAddress)
-        #expect(kvmError { _ = try memfd.map() }?.errno == .badAddress)
+        kernel.inject(.badAddress, into: .syscall(.mmap), .always)
+        #expect(kvmError { _ = try vm.createVCPU(id: 0) }?.errno == .badAddress)
+        #expect(kvmError { _ = try vm.createVCPU(id: 1) }?.errno == .badAddress)
         kernel.clearRules()
-        #expect(kvmError { _ = try memfd.map() } == nil)
+        #expect(kvmError { _ = try vm.createVCPU(id: 2) } == nil)
     }
 
     @Test func encryptSubcommandsAreTargetedByName() throws {

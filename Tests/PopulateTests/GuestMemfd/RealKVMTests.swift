@@ -4,31 +4,13 @@ import Foundation
 import GuestMemfd
 import Testing
 
-/// The typed KVM objects on the real `/dev/kvm`.
-@Suite(.enabled(if: KVMHost.isUsable, "no usable /dev/kvm on this host"))
-struct RealKVMTests {
-    let kvm: KVM
-    let vm: VM
-
-    init() throws {
-        kvm = try KVMHost.open()
-        vm = try kvm.createVM()
-        let flags = try kvm.capabilities().guestMemfdFlags
-        try #require(flags.isSuperset(of: [.mmap, .initShared]),
-                     "these tests need guest_memfd with MMAP and INIT_SHARED (Linux 6.18+); the host offers \(flags)")
-    }
-
-    // MARK: Running a guest from guest_memfd
-
-    @Test func guestRunFromGuestMemfdReportsTheChecksumOfItsData() throws {
+/// Runs the checksum guest from `memory`, already bound at guest-physical 0,
+/// and checks what it reports.
+private func runChecksumGuest(_ vm: VM, _ memory: any MappedGuestMemory) throws {
         let codeAddress: UInt64 = 0x1000, dataAddress: UInt64 = 0x2000
         let data = (0..<512).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
-
-        let memfd = try vm.createGuestMemfd(size: 0x10000, flags: [.mmap, .initShared])
-        let memory = try memfd.map()
         try memory.write(Fixtures.checksum16, at: Int(codeAddress))
         try memory.write(data, at: Int(dataAddress))
-        try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: memory))
 
         let vcpu = try vm.createVCPU(id: 0)
         var sregs = try vcpu.getSregs()
@@ -57,6 +39,24 @@ struct RealKVMTests {
             return
         }
         #expect(try vcpu.getRegs().rip == codeAddress + UInt64(Fixtures.checksum16.count))
+}
+
+/// The typed KVM objects on the real `/dev/kvm`: what every KVM offers (T1 and up).
+@Suite(.requiresKVM(.kvm))
+struct RealKVMTests {
+    let kvm: KVM
+    let vm: VM
+
+    init() throws {
+        kvm = try KVMHost.open()
+        vm = try kvm.createVM()
+    }
+
+    @Test func guestRunFromMemfdRAMReportsTheChecksumOfItsData() throws {
+        let memory = try SharedMemory(size: 0x10000)
+        try vm.setUserMemoryRegion(slot: 0, guestPhysicalAddress: 0, memorySize: 0x10000,
+                                   userspaceAddress: memory.userspaceAddress)
+        try runChecksumGuest(vm, memory)
     }
 
     // MARK: Capabilities
@@ -65,8 +65,8 @@ struct RealKVMTests {
         let caps = try kvm.capabilities()
         #expect(caps.apiVersion == 12)
         #expect(caps.vmTypes.contains(.default))
-        #expect(caps.guestMemfd)
-        #expect(caps.userMemory2)
+        #expect(caps.guestMemfd == (try kvm.checkExtension(.guestMemfd) != 0))
+        #expect(caps.tier >= .t1)
         #expect(caps.memslots > 0)
         #expect(try vm.checkExtension(.guestMemfdFlags) == Int(caps.guestMemfdFlags.rawValue))
     }
@@ -82,6 +82,95 @@ struct RealKVMTests {
                 #expect(error?.operation == .ioctl(.createVM))
             }
         }
+    }
+
+    @Test func guestMemfdCreatedOnTheSystemDescriptorFailsWithEINVAL() throws {
+        var request = ckvm_create_guest_memfd()
+        request.size = 0x1000
+        #expect(throws: Errno.invalidArgument) {
+            _ = try kvm.kernel.ioctl(kvm.fd, Ioctl.createGuestMemfd.request, pointerTo: &request)
+        }
+    }
+
+    // MARK: A KVM without guest_memfd
+
+    @Test(.requiresKVMWithout(.guestMemfd))
+    func guestMemfdOnAKVMWithoutItFailsWithENOTTYNamingTheMissingCapability() throws {
+        #expect(try vm.checkExtension(.guestMemfd) == 0)
+        #expect(try vm.checkExtension(.guestMemfdFlags) == 0)
+        let error = kvmError { _ = try vm.createGuestMemfd(size: 0x1000, flags: []) }
+        #expect(error?.errno == .notTTY)
+        #expect(error?.description.contains("has no guest_memfd (KVM_CAP_GUEST_MEMFD = 0)") == true)
+    }
+
+    @Test(.requiresKVMWithout(.guestMemfd))
+    func aGuestMemfdMemslotOnAKVMWithoutItFailsWithEINVAL() throws {
+        let memory = try SharedMemory(size: 0x4000)
+        var region = UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, sharedMemory: memory)
+        region.flags = UserMemoryRegion2.guestMemfdFlag
+        // check_memory_region_flags refuses the flag before the descriptor is looked at.
+        region.guestMemfd = 999
+        #expect(kvmError { try vm.setUserMemoryRegion2(region) }?.errno == .invalidArgument)
+        region.flags = 0
+        #expect(kvmError { try vm.setUserMemoryRegion2(region) } == nil)
+    }
+
+    // MARK: Attributes, pre-fault, encrypt ops on this host's default VM
+    @Test func memoryAttributesFollowTheCapability() throws {
+        let supported = try vm.checkExtension(.memoryAttributes)
+        let error = kvmError { try vm.setMemoryAttributes(GuestRange(start: 0, size: 0x1000), attributes: .private) }
+        if try kvm.checkExtension(.memoryAttributes) == 0 {
+            // Not built in: the ioctl is unknown.
+            #expect(error?.errno == .notTTY)
+        } else if supported == 0 {
+            #expect(error?.errno == .invalidArgument)
+        } else {
+            #expect(error == nil)
+        }
+        #expect(error.map { $0.description.hasPrefix("KVM_SET_MEMORY_ATTRIBUTES on VM fd") } ?? true)
+    }
+
+    @Test func preFaultFollowsTheCapability() throws {
+        let memory = try SharedMemory(size: 0x4000)
+        try vm.setUserMemoryRegion(slot: 0, guestPhysicalAddress: 0, memorySize: 0x4000, userspaceAddress: memory.userspaceAddress)
+        let vcpu = try vm.createVCPU(id: 0)
+        let range = GuestRange(start: 0, size: 0x4000)
+        if try kvm.checkExtension(.preFaultMemory) == 0 {
+            let error = kvmError { _ = try vcpu.preFaultMemory(range) }
+            #expect(error?.errno == .notSupported)
+            #expect(error?.range == range)
+        } else {
+            try vcpu.preFaultMemory(covering: range)
+        }
+    }
+
+    @Test func preFaultWithUnalignedOrEmptyRangeFailsWithEINVALOrIsUnsupported() throws {
+        let vcpu = try vm.createVCPU(id: 0)
+        let unsupported = try kvm.checkExtension(.preFaultMemory) == 0
+        for range in [GuestRange(start: 0x800, size: 0x1000), GuestRange(start: 0, size: 0)] {
+            let error = kvmError { _ = try vcpu.preFaultMemory(range) }
+            // The generic argument checks run before the x86 TDP check.
+            #expect(error?.errno == .invalidArgument || (unsupported && error?.errno == .notSupported), "\(range)")
+        }
+    }
+
+    @Test func encryptOpOnADefaultVMFailsWithENOTTY() throws {
+        let tdx = TDX(vm: vm)
+        let error = kvmError { try tdx.finalizeVM() }
+        #expect(error?.errno == .notTTY)
+        #expect(error?.operation == .encryptOp(.tdxFinalizeVM))
+    }
+}
+
+/// guest_memfd on the real `/dev/kvm` (T2 and up).
+@Suite(.requiresKVM(.guestMemfd))
+struct RealGuestMemfdTests {
+    let kvm: KVM
+    let vm: VM
+
+    init() throws {
+        kvm = try KVMHost.open()
+        vm = try kvm.createVM()
     }
 
     // MARK: guest_memfd creation
@@ -103,22 +192,32 @@ struct RealKVMTests {
         #expect(error?.description.contains("KVM_CREATE_GUEST_MEMFD on VM fd") == true)
     }
 
-    @Test func guestMemfdCreatedOnTheSystemDescriptorFailsWithEINVAL() throws {
-        var request = ckvm_create_guest_memfd()
-        request.size = 0x1000
-        #expect(throws: Errno.invalidArgument) {
-            _ = try kvm.kernel.ioctl(kvm.fd, Ioctl.createGuestMemfd.request, pointerTo: &request)
-        }
-    }
-
-    // MARK: mmap
-
     @Test func mappingAGuestMemfdMadeWithoutMMAPFailsWithENODEV() throws {
         let memfd = try vm.createGuestMemfd(size: 0x2000, flags: [])
         let error = kvmError { _ = try memfd.map() }
         #expect(error?.errno == .noSuchDevice)
         #expect(error?.operation == .syscall(.mmap))
     }
+}
+
+/// guest_memfd the host maps and writes, on the real `/dev/kvm` (T3 and up).
+@Suite(.requiresKVM(.mmap))
+struct RealGuestMemfdMappingTests {
+    let kvm: KVM
+    let vm: VM
+
+    init() throws {
+        kvm = try KVMHost.open()
+        vm = try kvm.createVM()
+    }
+
+    @Test func guestRunFromGuestMemfdReportsTheChecksumOfItsData() throws {
+        let memory = try vm.createGuestMemfd(size: 0x10000, flags: [.mmap, .initShared]).map()
+        try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: memory))
+        try runChecksumGuest(vm, memory)
+    }
+
+    // MARK: mmap
 
     @Test func privateMappingOfAGuestMemfdFailsWithEINVAL() throws {
         let memfd = try vm.createGuestMemfd(size: 0x2000, flags: [.mmap, .initShared])
@@ -267,52 +366,5 @@ struct RealKVMTests {
         for region in cases {
             #expect(kvmError { try vm.setUserMemoryRegion2(region) }?.errno == .invalidArgument, "\(region)")
         }
-    }
-
-    // MARK: Attributes, pre-fault, encrypt ops on this host's default VM
-
-    @Test func memoryAttributesFollowTheCapability() throws {
-        let supported = try vm.checkExtension(.memoryAttributes)
-        let error = kvmError { try vm.setMemoryAttributes(GuestRange(start: 0, size: 0x1000), attributes: .private) }
-        if try kvm.checkExtension(.memoryAttributes) == 0 {
-            // Not built in: the ioctl is unknown.
-            #expect(error?.errno == .notTTY)
-        } else if supported == 0 {
-            #expect(error?.errno == .invalidArgument)
-        } else {
-            #expect(error == nil)
-        }
-        #expect(error.map { $0.description.hasPrefix("KVM_SET_MEMORY_ATTRIBUTES on VM fd") } ?? true)
-    }
-
-    @Test func preFaultFollowsTheCapability() throws {
-        let memfd = try vm.createGuestMemfd(size: 0x4000, flags: [.mmap, .initShared])
-        try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, size: 0x4000, memfd: memfd))
-        let vcpu = try vm.createVCPU(id: 0)
-        let range = GuestRange(start: 0, size: 0x4000)
-        if try kvm.checkExtension(.preFaultMemory) == 0 {
-            let error = kvmError { _ = try vcpu.preFaultMemory(range) }
-            #expect(error?.errno == .notSupported)
-            #expect(error?.range == range)
-        } else {
-            try vcpu.preFaultMemory(covering: range)
-        }
-    }
-
-    @Test func preFaultWithUnalignedOrEmptyRangeFailsWithEINVALOrIsUnsupported() throws {
-        let vcpu = try vm.createVCPU(id: 0)
-        let unsupported = try kvm.checkExtension(.preFaultMemory) == 0
-        for range in [GuestRange(start: 0x800, size: 0x1000), GuestRange(start: 0, size: 0)] {
-            let error = kvmError { _ = try vcpu.preFaultMemory(range) }
-            // The generic argument checks run before the x86 TDP check.
-            #expect(error?.errno == .invalidArgument || (unsupported && error?.errno == .notSupported), "\(range)")
-        }
-    }
-
-    @Test func encryptOpOnADefaultVMFailsWithENOTTY() throws {
-        let tdx = TDX(vm: vm)
-        let error = kvmError { try tdx.finalizeVM() }
-        #expect(error?.errno == .notTTY)
-        #expect(error?.operation == .encryptOp(.tdxFinalizeVM))
     }
 }

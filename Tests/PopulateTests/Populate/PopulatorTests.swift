@@ -259,9 +259,38 @@ struct PlatformCase: Sendable, CustomTestStringConvertible {
         }
     }
 
-    @Test func thePlainPlatformWritesThroughTheRealGuestMemfd() throws {
-        try #require(KVMHost.isUsable, "no usable /dev/kvm on this host")
-        let kvm = try KVM.open()
+    @Test func thePlainPlatformWritesThroughMemfdRAM() throws {
+        let memory = try SharedMemory(size: 0x400000)
+        try memory.fill(0xCC, at: 0, count: 0x400000)
+        let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: 0x400000), sharedMemory: memory)])
+        let plan = LaunchPlan(regions: [
+            PlanRegion(name: "image", range: GuestRange(start: 0x1000, size: 0x3000), contents: .bytes(pattern(2, seed: 4))),
+            PlanRegion(name: "zeros", range: GuestRange(start: 0x200000, size: 0x1000), contents: .zeros, kind: .zero),
+        ])
+        let result = try Populator(backend: PlainBackend(), memory: layout).populate(plan)
+        #expect(try memory.read(at: 0x1000, count: 0x3000) == pattern(2, seed: 4) + [UInt8](repeating: 0, count: 0x1000))
+        #expect(try memory.read(at: 0x200000, count: 0x1000).allSatisfy { $0 == 0 })
+        #expect(try memory.read(at: 0x4000, count: 1) == [0xCC])
+        #expect(result.report.bytesCopied == 0x4000)
+    }
+
+    @Test func aConfidentialPlatformRefusesMemfdRAMBeforeAnyIoctl() throws {
+        let rig = try PopulationRig(.snp)
+        let memory = try SharedMemory(size: PopulationRig.memorySize)
+        let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: PopulationRig.memoryBase, size: PopulationRig.memorySize),
+                                                     sharedMemory: memory)])
+        let before = rig.kernel.trace.count
+        #expect {
+            _ = try Populator(backend: rig.backend, memory: layout).populate(samplePlan(.snp))
+        } throws: { error in
+            "\(error)".contains("keeps guest memory private in guest_memfd, and the slot at")
+        }
+        #expect(rig.kernel.trace.count == before)
+    }
+
+    @Test(.requiresKVM(.mmap))
+    func thePlainPlatformWritesThroughTheRealGuestMemfd() throws {
+        let kvm = try KVMHost.open()
         let vm = try kvm.createVM()
         let memfd = try vm.createGuestMemfd(size: 0x400000, flags: [.mmap, .initShared])
         let mapping = try memfd.map()
@@ -415,9 +444,22 @@ func expectedSNPDigest(start: [UInt8], _ pages: [(gpa: UInt64, type: UInt8, cont
         #expect(rig.kernel.count(of: .ioctl(.preFaultMemory)) >= 1)
     }
 
-    @Test func thisMachineFallsBackToMadvisePopulateWriteForPlainGuests() throws {
-        try #require(KVMHost.isUsable, "no usable /dev/kvm on this host")
-        let kvm = try KVM.open()
+    @Test(.requiresKVM(.kvm))
+    func thisMachineFallsBackToMadvisePopulateWriteForMemfdRAM() throws {
+        let kvm = try KVMHost.open()
+        let vm = try kvm.createVM()
+        let memory = try SharedMemory(size: 0x200000)
+        try vm.setUserMemoryRegion(slot: 0, guestPhysicalAddress: 0, memorySize: 0x200000, userspaceAddress: memory.userspaceAddress)
+        let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: 0x200000), sharedMemory: memory)])
+        let populator = Populator(backend: PlainBackend(), memory: layout)
+        let method = try populator.prePopulate(vcpu: try vm.createVCPU(id: 0))
+        #expect(method == (try kvm.checkExtension(.preFaultMemory) == 0
+            ? .madvisePopulateWrite(bytes: 0x200000) : .preFaultMemory(bytes: 0x200000)))
+    }
+
+    @Test(.requiresKVM(.mmap))
+    func thisMachineFallsBackToMadvisePopulateWriteForPlainGuests() throws {
+        let kvm = try KVMHost.open()
         let vm = try kvm.createVM()
         let memfd = try vm.createGuestMemfd(size: 0x200000, flags: [.mmap, .initShared])
         let mapping = try memfd.map()
