@@ -1,10 +1,13 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import GuestMemfd
 
 /// `snpvmm bench boot`: the time from process start to the guest's first
-/// serial byte, for `snpvmm run` and for Debian's QEMU (`-M microvm` on KVM)
-/// booting the same PVH image in the same run, and their ratio.
+/// serial byte, for `snpvmm run` (with each RAM backing the host offers:
+/// guest_memfd and memfd, or memfd alone) and for Debian's QEMU
+/// (`-M microvm` on KVM) booting the same PVH image in the same run, and
+/// their ratios.
 ///
 /// Each run is a fresh process whose standard output is a pipe; the clock
 /// starts just before `posix_spawn` and stops when the first byte arrives.
@@ -18,7 +21,9 @@ enum BenchBoot {
 
         Times process start to the guest's first serial byte for snpvmm run and for
         qemu-system-x86_64 -M microvm (KVM) booting the same PVH kernel, N runs each
-        (default 10) after one warm-up, and reports medians and their ratio. The
+        (default 10) after one warm-up, and reports medians and their ratio. snpvmm
+        runs once per RAM backing the host offers (--ram guest_memfd where KVM can
+        map guest_memfd, and --ram memfd everywhere), each with its own ratio. The
         kernel defaults to the pvh-check fixture guest of this checkout, with a
         module it accepts; memory defaults to 256M.
         """
@@ -82,6 +87,13 @@ enum BenchBoot {
         }
         let commandLine = "console=ttyS0"
         let megabytes = options.memory >> 20
+        let capabilities: HostCapabilities
+        do {
+            capabilities = try KVM.open(using: try FeatureHidingKernel.hostKernel()).capabilities()
+        } catch {
+            fail("bench boot: \(error)")
+        }
+        let backings: [RAMBacking] = capabilities.has(.mmap) ? [.guestMemfd, .memfd] : [.memfd]
 
         var snpvmm = [selfPath, "run", "--kernel", kernel, "--append", commandLine, "--memory", "\(megabytes)M"]
         var qemu = ["-M", "microvm", "-accel", "kvm", "-m", "\(megabytes)M", "-smp", "1", "-nodefaults",
@@ -94,10 +106,14 @@ enum BenchBoot {
         }
         let qemuPath = findInPath("qemu-system-x86_64")
 
-        var ours: [Sample] = [], theirs: [Sample] = []
+        var ours: [RAMBacking: [Sample]] = [:], theirs: [Sample] = []
         for round in 0...options.runs {
-            guard let sample = measure(snpvmm) else { fail("bench boot: snpvmm run printed nothing; run it alone to see why") }
-            if round > 0 { ours.append(sample) }
+            for ram in backings {
+                guard let sample = measure(snpvmm + ["--ram", ram.rawValue]) else {
+                    fail("bench boot: snpvmm run --ram \(ram.rawValue) printed nothing; run it alone to see why")
+                }
+                if round > 0 { ours[ram, default: []].append(sample) }
+            }
             if let qemuPath {
                 guard let sample = measure([qemuPath] + qemu) else {
                     fail("bench boot: qemu-system-x86_64 printed nothing on the serial port; run it alone to see why")
@@ -111,14 +127,19 @@ enum BenchBoot {
               + "\(options.runs) runs each after a warm-up")
         print("  \("".padding(20))\("median".leftPadded(to: 10, with: " "))\("min".leftPadded(to: 10, with: " "))"
               + "\("max".leftPadded(to: 10, with: " "))   whole run (median)")
-        print(row("snpvmm run", ours))
+        for ram in backings { print(row("snpvmm run, \(ram.rawValue)", ours[ram] ?? [])) }
+        if let missing = capabilities.whyMissing(.guestMemfd) ?? capabilities.whyMissing(.mmap) {
+            print("  snpvmm run, guest_memfd: not measured, \(missing)")
+        }
         guard qemuPath != nil else {
             print("  qemu-system-x86_64 is not installed (apt-get install qemu-system-x86), so there is no ratio")
             return .failure
         }
         print(row("qemu -M microvm", theirs))
-        let ratio = median(ours.map(\.firstByte)) / median(theirs.map(\.firstByte))
-        print("  ratio snpvmm / qemu: \(format(ratio, decimals: 3)) (first byte, medians)")
+        for ram in backings {
+            let ratio = median((ours[ram] ?? []).map(\.firstByte)) / median(theirs.map(\.firstByte))
+            print("  ratio snpvmm / qemu, \(ram.rawValue) RAM: \(format(ratio, decimals: 3)) (first byte, medians)")
+        }
         return .success
     }
 
