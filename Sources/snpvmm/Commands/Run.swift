@@ -53,14 +53,15 @@ struct RunUsageError: Error, Equatable, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// `snpvmm run`: boots a kernel from guest_memfd memory that is filled
-/// before the first instruction runs, with a serial console on standard
-/// output.
+/// `snpvmm run`: boots a kernel from memory that is filled before the
+/// first instruction runs (guest_memfd, or a memfd on hosts without it),
+/// with a serial console on standard output.
 enum RunCommand {
     static let summary = """
         run --kernel FILE ...
                             boot a kernel (PVH ELF or bzImage) from prepopulated
-                            guest_memfd memory; see run --help
+                            memory (guest_memfd, or memfd where KVM has none);
+                            see run --help
         """
 
     static let help = """
