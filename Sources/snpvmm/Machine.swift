@@ -475,6 +475,26 @@ func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
     return thread
 }
 
+extension VM {
+    /// Creates `size` bytes of RAM with `backing`, binds it as memslot 0 at
+    /// guest-physical 0, and returns the slot, whose mapping the host
+    /// writes: the memory of snpvmm's small real-mode guests (`probe`,
+    /// `bench cycles`).
+    func bindSmallRAM(_ backing: RAMBacking, size: UInt64) throws(KVMError) -> GuestMemoryLayout.Slot {
+        let range = GuestRange(start: 0, size: size)
+        switch backing {
+        case .guestMemfd:
+            let mapping = try createGuestMemfd(size: size, flags: [.mmap, .initShared]).map()
+            try setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: mapping))
+            return GuestMemoryLayout.Slot(range: range, mapping: mapping)
+        case .memfd:
+            let memory = try SharedMemory(size: size, name: "guest-ram")
+            try setUserMemoryRegion(slot: 0, guestPhysicalAddress: 0, memorySize: size, userspaceAddress: memory.userspaceAddress)
+            return GuestMemoryLayout.Slot(range: range, sharedMemory: memory)
+        }
+    }
+}
+
 extension VCPU {
     /// Starts the vCPU in real mode at 0:`rip` with CS and DS based at 0 and
     /// interrupts off, keeping KVM's reset state otherwise, and lets `adjust`

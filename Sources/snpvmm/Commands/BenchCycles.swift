@@ -101,19 +101,7 @@ enum BenchCycles {
     static func cycle(_ index: Int, kernel: any KernelInterface, ram: RAMBacking) throws {
         let kvm = try KVM.open(using: kernel)
         let vm = try kvm.createVM()
-        let range = GuestRange(start: 0, size: memorySize)
-        let slot: GuestMemoryLayout.Slot
-        switch ram {
-        case .guestMemfd:
-            let mapping = try vm.createGuestMemfd(size: memorySize, flags: [.mmap, .initShared]).map()
-            try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: mapping))
-            slot = .init(range: range, mapping: mapping)
-        case .memfd:
-            let memory = try SharedMemory(size: memorySize)
-            try vm.setUserMemoryRegion(slot: 0, guestPhysicalAddress: 0, memorySize: memorySize,
-                                       userspaceAddress: memory.userspaceAddress)
-            slot = .init(range: range, sharedMemory: memory)
-        }
+        let slot = try vm.bindSmallRAM(ram, size: memorySize)
         let data = data(index)
         let layout = GuestMemoryLayout(slots: [slot])
         let plan = LaunchPlan(regions: [

@@ -1,4 +1,5 @@
 import GuestMemfd
+import Populate
 
 /// `snpvmm probe`: reports what the host's KVM offers, its capability tier
 /// and what each missing capability costs, then runs a 12-byte real-mode
@@ -125,19 +126,7 @@ enum ProbeCommand {
     /// Boots the guest from `ram` and returns what it wrote to the serial port.
     static func bootGuest(_ kvm: KVM, ram: RAMBacking) throws(KVMError) -> String {
         let vm = try kvm.createVM()
-        let size: UInt64 = 0x10000
-        let memory: any MappedGuestMemory
-        switch ram {
-        case .guestMemfd:
-            let mapping = try vm.createGuestMemfd(size: size, flags: [.mmap, .initShared]).map()
-            try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: mapping))
-            memory = mapping
-        case .memfd:
-            let shared = try SharedMemory(size: size, name: "probe-ram")
-            try vm.setUserMemoryRegion(slot: 0, guestPhysicalAddress: 0, memorySize: size,
-                                       userspaceAddress: shared.userspaceAddress)
-            memory = shared
-        }
+        let memory = try vm.bindSmallRAM(ram, size: 0x10000).mapping!
         try memory.write(guestCode, at: Int(codeAddress))
         try memory.write(Array(message(ram).utf8) + [0], at: Int(messageAddress))
 

@@ -259,19 +259,24 @@ struct PlatformCase: Sendable, CustomTestStringConvertible {
         }
     }
 
-    @Test func thePlainPlatformWritesThroughMemfdRAM() throws {
-        let memory = try SharedMemory(size: 0x400000)
+    /// Populates a plain plan into 4 MiB of dirty `memory` through `slot`
+    /// and checks contents, zeros, untouched bytes and the bytes counted.
+    func checkPlainPopulation(of memory: any MappedGuestMemory, slot: GuestMemoryLayout.Slot) throws {
         try memory.fill(0xCC, at: 0, count: 0x400000)
-        let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: 0x400000), sharedMemory: memory)])
         let plan = LaunchPlan(regions: [
             PlanRegion(name: "image", range: GuestRange(start: 0x1000, size: 0x3000), contents: .bytes(pattern(2, seed: 4))),
             PlanRegion(name: "zeros", range: GuestRange(start: 0x200000, size: 0x1000), contents: .zeros, kind: .zero),
         ])
-        let result = try Populator(backend: PlainBackend(), memory: layout).populate(plan)
+        let result = try Populator(backend: PlainBackend(), memory: GuestMemoryLayout(slots: [slot])).populate(plan)
         #expect(try memory.read(at: 0x1000, count: 0x3000) == pattern(2, seed: 4) + [UInt8](repeating: 0, count: 0x1000))
         #expect(try memory.read(at: 0x200000, count: 0x1000).allSatisfy { $0 == 0 })
         #expect(try memory.read(at: 0x4000, count: 1) == [0xCC])
         #expect(result.report.bytesCopied == 0x4000)
+    }
+
+    @Test func thePlainPlatformWritesThroughMemfdRAM() throws {
+        let memory = try SharedMemory(size: 0x400000)
+        try checkPlainPopulation(of: memory, slot: .init(range: GuestRange(start: 0, size: 0x400000), sharedMemory: memory))
     }
 
     @Test func aConfidentialPlatformRefusesMemfdRAMBeforeAnyIoctl() throws {
@@ -292,19 +297,8 @@ struct PlatformCase: Sendable, CustomTestStringConvertible {
     func thePlainPlatformWritesThroughTheRealGuestMemfd() throws {
         let kvm = try KVMHost.open()
         let vm = try kvm.createVM()
-        let memfd = try vm.createGuestMemfd(size: 0x400000, flags: [.mmap, .initShared])
-        let mapping = try memfd.map()
-        try mapping.fill(0xCC, at: 0, count: 0x400000)
-        let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: 0x400000), mapping: mapping)])
-        let plan = LaunchPlan(regions: [
-            PlanRegion(name: "image", range: GuestRange(start: 0x1000, size: 0x3000), contents: .bytes(pattern(2, seed: 4))),
-            PlanRegion(name: "zeros", range: GuestRange(start: 0x200000, size: 0x1000), contents: .zeros, kind: .zero),
-        ])
-        let result = try Populator(backend: PlainBackend(), memory: layout).populate(plan)
-        #expect(try mapping.read(at: 0x1000, count: 0x3000) == pattern(2, seed: 4) + [UInt8](repeating: 0, count: 0x1000))
-        #expect(try mapping.read(at: 0x200000, count: 0x1000).allSatisfy { $0 == 0 })
-        #expect(try mapping.read(at: 0x4000, count: 1) == [0xCC])
-        #expect(result.report.bytesCopied == 0x4000)
+        let mapping = try vm.createGuestMemfd(size: 0x400000, flags: [.mmap, .initShared]).map()
+        try checkPlainPopulation(of: mapping, slot: .init(range: GuestRange(start: 0, size: 0x400000), mapping: mapping))
     }
 }
 
