@@ -71,6 +71,9 @@ extension Trait where Self == ConditionTrait {
         let missing = KVMFeature.allCases.filter { all.contains($0) }.compactMap { feature in
             KVMHost.whyMissing(feature).map { (feature: feature, reason: $0) }
         }
+        if case .failure(let error) = KVMHost.kernel {
+            return .enabled("SNPVMM_HIDE_KVM_CAPS is malformed") { throw error }
+        }
         switch KVMHost.required {
         case .failure(let error):
             return .enabled("SNPVMM_REQUIRE_KVM is malformed") { throw error }
