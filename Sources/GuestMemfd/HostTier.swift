@@ -99,18 +99,6 @@ public enum KVMTier: Int, CaseIterable, Comparable, Sendable, CustomStringConver
     }
 
     public var description: String { "\(name) (\(summary))" }
-
-    /// The features a host needs to reach this tier beyond the one below.
-    public var adds: [KVMFeature] {
-        switch self {
-        case .t0: []
-        case .t1: [.kvm]
-        case .t2: [.guestMemfd]
-        case .t3: [.mmap]
-        case .t4: [.memoryAttributes, .preFault]  // either one
-        case .t5: [.confidential]
-        }
-    }
 }
 
 extension HostCapabilities {

@@ -42,10 +42,13 @@ public final class FeatureHidingKernel: KernelInterface, Sendable {
     /// names; the real kernel as it is where the variable is unset or empty.
     ///
     /// - Throws: `KVMFeatureListError` for a name that is not a feature.
-    public static func hostKernel(environment value: String? = getenvString(environmentVariable))
-        throws(KVMFeatureListError) -> any KernelInterface
-    {
-        let hidden = try KVMFeature.list(value ?? "")
+    public static func hostKernel() throws(KVMFeatureListError) -> any KernelInterface {
+        try hostKernel(hiding: getenv(environmentVariable).map { String(cString: $0) } ?? "")
+    }
+
+    /// The real kernel without the features the comma-separated `names` list.
+    public static func hostKernel(hiding names: String) throws(KVMFeatureListError) -> any KernelInterface {
+        let hidden = try KVMFeature.list(names)
         return hidden.isEmpty ? LinuxKernel() : FeatureHidingKernel(LinuxKernel(), hiding: hidden)
     }
 
@@ -134,9 +137,4 @@ public final class FeatureHidingKernel: KernelInterface, Sendable {
     public func fallocate(_ fd: CInt, mode: CInt, offset: Int, length: Int) throws(Errno) {
         try base.fallocate(fd, mode: mode, offset: offset, length: length)
     }
-}
-
-/// The value of an environment variable, or nil where it is unset.
-public func getenvString(_ name: String) -> String? {
-    getenv(name).map { String(cString: $0) }
 }

@@ -40,7 +40,7 @@ enum KVMHost {
     /// The features `SNPVMM_REQUIRE_KVM` names: tests that need them fail
     /// instead of skipping where the host lacks them.
     static let required: Result<Set<KVMFeature>, KVMFeatureListError> =
-        Result { () throws(KVMFeatureListError) in try KVMFeature.list(getenvString("SNPVMM_REQUIRE_KVM") ?? "") }
+        Result { () throws(KVMFeatureListError) in try KVMFeature.list(ProcessInfo.processInfo.environment["SNPVMM_REQUIRE_KVM"] ?? "") }
 
     /// Opens the host's KVM as the tests see it.
     static func open() throws -> KVM { try KVM.open(using: kernel.get()) }
