@@ -162,25 +162,6 @@ public struct HostCapabilities: Hashable, Sendable, CustomStringConvertible {
     public var preFaultMemory: Bool
     public var memslots: Int
 
-    /// The capabilities in `required` that the host lacks, by kernel name.
-    public func missing(_ required: [Capability]) -> [String] {
-        required.compactMap { cap in
-            let present: Bool
-            switch cap {
-            case .userMemory2: present = userMemory2
-            case .guestMemfd: present = guestMemfd
-            case .memoryAttributes: present = !memoryAttributes.isEmpty
-            case .memoryFaultInfo: present = memoryFaultInfo
-            case .preFaultMemory: present = preFaultMemory
-            case .guestMemfdFlags: present = !guestMemfdFlags.isEmpty
-            case .vmTypes: present = vmTypes.count > 1
-            case .nrMemslots: present = memslots > 0
-            case .exitHypercall, .armRMI, .guestMemfdMemoryAttributes: present = false
-            }
-            return present ? nil : cap.name
-        }
-    }
-
     public var description: String {
         """
         KVM API version      \(apiVersion)

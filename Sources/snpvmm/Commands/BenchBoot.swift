@@ -93,7 +93,16 @@ enum BenchBoot {
         } catch {
             fail("bench boot: \(error)")
         }
-        let backings: [RAMBacking] = capabilities.has(.mmap) ? [.guestMemfd, .memfd] : [.memfd]
+        // Each backing `run --ram` accepts on this host, and why it refuses the others.
+        var backings: [RAMBacking] = [], refused: [String] = []
+        for ram in RAMBacking.allCases {
+            var asked = RunOptions()
+            asked.ram = ram == .guestMemfd ? .guestMemfd : .memfd
+            switch RunCommand.hostPlan(asked, capabilities: capabilities) {
+            case .success: backings.append(ram)
+            case .failure(let refusal): refused.append("snpvmm run, \(ram.rawValue): not measured, \(refusal.message)")
+            }
+        }
 
         var snpvmm = [selfPath, "run", "--kernel", kernel, "--append", commandLine, "--memory", "\(megabytes)M"]
         var qemu = ["-M", "microvm", "-accel", "kvm", "-m", "\(megabytes)M", "-smp", "1", "-nodefaults",
@@ -128,9 +137,7 @@ enum BenchBoot {
         print("  \("".padding(20))\("median".leftPadded(to: 10, with: " "))\("min".leftPadded(to: 10, with: " "))"
               + "\("max".leftPadded(to: 10, with: " "))   whole run (median)")
         for ram in backings { print(row("snpvmm run, \(ram.rawValue)", ours[ram] ?? [])) }
-        if let missing = capabilities.whyMissing(.guestMemfd) ?? capabilities.whyMissing(.mmap) {
-            print("  snpvmm run, guest_memfd: not measured, \(missing)")
-        }
+        for line in refused { print("  \(line)") }
         guard qemuPath != nil else {
             print("  qemu-system-x86_64 is not installed (apt-get install qemu-system-x86), so there is no ratio")
             return .failure

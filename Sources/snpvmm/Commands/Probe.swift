@@ -62,7 +62,11 @@ enum ProbeCommand {
         let missing = explained.filter { entry in
             !capabilities.has(entry.feature) && entry.prerequisite.map(capabilities.has) ?? true
         }.map(\.feature)
-        let ram: RAMBacking = capabilities.has(.mmap) ? .guestMemfd : .memfd
+        // The backing `run --ram auto` would pick; a plain guest always has one.
+        guard case .success(let plan) = RunCommand.hostPlan(RunOptions(), capabilities: capabilities) else {
+            fail("probe: no RAM backing for a plain guest")
+        }
+        let ram = plan.ram
         var output: Result<String, KVMError>?
         if boot {
             output = Result { () throws(KVMError) in try bootGuest(kvm, ram: ram) }
