@@ -11,6 +11,9 @@ let package = Package(
     products: [
         .library(name: "GuestMemfd", targets: ["GuestMemfd"]),
         .library(name: "Populate", targets: ["Populate"]),
+        // A test double for embedders' test targets: an in-memory KVM with
+        // emulated SEV-SNP, TDX and CCA firmware, and a fault injector.
+        .library(name: "KVMFake", targets: ["KVMFake"]),
         .executable(name: "snpvmm", targets: ["snpvmm"]),
     ],
     targets: [
@@ -22,11 +25,12 @@ let package = Package(
         ),
         .target(name: "GuestMemfd", dependencies: ["CKVMHeaders", "CLibcrypto"]),
         .target(name: "Populate", dependencies: ["GuestMemfd"]),
-        .executableTarget(name: "snpvmm", dependencies: ["GuestMemfd", "Populate"]),
+        .target(name: "KVMFake", dependencies: ["GuestMemfd", "Populate", "CKVMHeaders", "CLibcrypto"]),
+        .executableTarget(name: "snpvmm", dependencies: ["GuestMemfd", "Populate", "KVMFake"]),
         .target(name: "Fixtures", path: "Tests/Fixtures", exclude: ["README.md", "Guests", "Measurement", "build-guests.sh"]),
         .testTarget(
             name: "PopulateTests",
-            dependencies: ["GuestMemfd", "Populate", "Fixtures", "CKVMHeaders", "snpvmm"]
+            dependencies: ["GuestMemfd", "Populate", "KVMFake", "Fixtures", "CKVMHeaders", "snpvmm"]
         ),
     ],
     swiftLanguageModes: [.v6]

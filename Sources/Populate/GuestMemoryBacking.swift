@@ -1,3 +1,4 @@
+import GuestMemfd
 /// The host pages guest memory is asked to come in.
 ///
 /// Where guest-private memory sits in host memory decides how much of the

@@ -1,3 +1,4 @@
+import GuestMemfd
 /// One launch operation as data: enough, with the others, for a verifier to
 /// recompute the launch measurement without trusting this process.
 public struct LedgerRecord: Sendable, Equatable {

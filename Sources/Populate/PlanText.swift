@@ -1,3 +1,4 @@
+import GuestMemfd
 /// A launch plan written as text, one region a line, for plans kept in files:
 ///
 ///     # name    kind        gpa       size      contents

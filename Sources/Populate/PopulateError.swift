@@ -1,3 +1,4 @@
+import GuestMemfd
 /// Why a population stopped, and exactly how far it got.
 public struct PopulateError: Error, Sendable, CustomStringConvertible {
     public enum Reason: Sendable {

@@ -1,3 +1,4 @@
+import GuestMemfd
 /// What a population did, for the host: pages per kind, calls, bytes, units, retries and time.
 public struct PopulateReport: Sendable, Equatable, CustomStringConvertible {
     public var platform: Platform

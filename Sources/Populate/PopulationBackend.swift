@@ -1,3 +1,4 @@
+import GuestMemfd
 /// The confidential platform a VM runs on, or none.
 public enum Platform: String, Sendable, CaseIterable, CustomStringConvertible {
     /// A default VM: guest_memfd memory stays shared and nothing is measured.
@@ -42,9 +43,6 @@ public struct PlatformCapabilities: Sendable, Equatable {
     public var measurement: MeasurementAlgorithm
     /// Kinds the platform has a page type for.
     public var kinds: Set<PageKind>
-    /// The host platform itself tells the VMM the launch measurement (only
-    /// the fake does; real hardware puts it in the guest's attestation report).
-    public var reportsMeasurement: Bool
 }
 
 /// One population call: a contiguous run of one kind.
@@ -64,8 +62,7 @@ public struct PopulateStep: Sendable {
 }
 
 /// One platform's population operations, implemented on the typed KVM
-/// objects of `GuestMemfd`, so the same code runs over the real kernel or
-/// `FakeKVM`.
+/// objects of `GuestMemfd`, so the same code runs over any kernel interface.
 public protocol PopulationBackend: AnyObject {
     var capabilities: PlatformCapabilities { get }
 
@@ -85,18 +82,38 @@ public protocol PopulationBackend: AnyObject {
 
     /// The SEV-SNP VMSA pages KVM will measure at finish, in vCPU order.
     func vmsaPages() throws(KVMError) -> [[UInt8]]
-
-    /// The measurement the platform reports, where the host can read it.
-    func reportedMeasurement() -> [UInt8]?
-
-    /// The measurement after each page the platform measured, where known.
-    func reportedPageLog() -> [FakePlatformPage]
 }
 
 extension PopulationBackend {
     public func vmsaPages() throws(KVMError) -> [[UInt8]] { [] }
-    public func reportedMeasurement() -> [UInt8]? { nil }
-    public func reportedPageLog() -> [FakePlatformPage] { [] }
+}
+
+/// A page the platform measured, and the measurement after it.
+public struct MeasuredPage: Hashable, Sendable {
+    public var gpa: UInt64
+    /// The platform's page type or operation ("NORMAL", "VMSA", "PAGE.ADD", "DATA_CREATE").
+    public var kind: String
+    public var measurement: [UInt8]
+
+    public init(gpa: UInt64, kind: String, measurement: [UInt8]) {
+        self.gpa = gpa
+        self.kind = kind
+        self.measurement = measurement
+    }
+}
+
+/// Something that can tell what the platform itself measured for one VM.
+///
+/// Real hardware tells the host nothing: the measurement reaches a verifier
+/// in the guest's attestation report. A test double of the platform can
+/// (KVMFake's `FakeKVM.observer(of:)` gives one); a test installs it in `PopulateOptions` so
+/// that a population whose expected measurement differs from the platform's
+/// fails, naming the first page where the two diverge.
+public protocol LaunchMeasurementObserver: AnyObject, Sendable {
+    /// The launch measurement so far, or nil where the VM has none.
+    func launchMeasurement() -> [UInt8]?
+    /// The measurement after each page, in the order the platform measured them.
+    func measuredPages() -> [MeasuredPage]
 }
 
 /// A guest's memory as population sees it: guest_memfd files bound at

@@ -1,3 +1,4 @@
+import GuestMemfd
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -32,6 +33,9 @@ public struct PopulateOptions: Sendable {
     /// The host pages to ask for when creating guest memory through
     /// `Populator.createGuestMemfd(vm:size:flags:options:)`.
     public var backing: GuestMemoryBacking = .pages4K
+    /// What the platform itself measured, where something can tell (a test
+    /// double); the population then fails when its expected measurement differs.
+    public var observer: (any LaunchMeasurementObserver)?
     /// Where notes such as CPUID corrections go.
     public var log: @Sendable (String) -> Void = { _ in }
     /// Where separate-source buffers come from and return to.
@@ -46,7 +50,7 @@ public struct PopulateResult: Sendable {
     public var ledger: Ledger
     /// The measurement computed from the plan (nil on the plain platform).
     public var expectedMeasurement: [UInt8]?
-    /// The measurement the platform reported, where the host can read it.
+    /// The measurement the observer reported, where one was installed.
     public var reportedMeasurement: [UInt8]?
 }
 
@@ -159,7 +163,7 @@ public final class Populator {
             state.report.ioctls += capabilities.platform == .plain || capabilities.platform == .cca ? 0 : 1
         }
         clock.lap("finish")
-        let reported = backend.reportedMeasurement()
+        let reported = options.observer?.launchMeasurement()
         if let expected, let reported, reported != expected {
             throw state.failure(.measurementMismatch(expected: expected, reported: reported,
                                                      firstDivergingPage: firstDivergence(state.ledger)))
@@ -400,7 +404,7 @@ public final class Populator {
 
     /// The first GPA at which the ledger's running digest and the platform's disagree.
     private func firstDivergence(_ ledger: Ledger) -> UInt64? {
-        let platformPages = backend.reportedPageLog()
+        let platformPages = options.observer?.measuredPages() ?? []
         guard !platformPages.isEmpty else { return nil }
         var ours: [(gpa: UInt64, digest: [UInt8])] = []
         var snp = SNPLaunchDigest()

@@ -1,3 +1,4 @@
+import GuestMemfd
 /// How guest memory was faulted in ahead of the guest.
 public enum PrePopulation: Sendable, Equatable, CustomStringConvertible {
     /// KVM_PRE_FAULT_MEMORY built the guest's page tables (hosts with TDP,

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import GuestMemfd
+import KVMFake
 import Populate
 
 /// The SEV-SNP launch of a machine on a host that offers SEV-SNP: the boot
@@ -46,6 +47,7 @@ enum SNPLaunch {
                 var standardError = StandardError()
                 Swift.print("snpvmm: \(note)", to: &standardError)
             }
+            options.observer = FakeKVM.behind(machine.vm.kernel)?.observer(of: machine.vm)
             return try Populator(backend: backend, memory: machine.memoryLayout, options: options).populate(plan)
         } catch {
             throw PopulateFailure(error)
@@ -109,7 +111,8 @@ enum EmulatedLaunch {
         case .tdx: (.tdxHost, .tdx)
         case .cca, .plain: (.ccaHost, .armRealm)
         }
-        let kvm = try KVM.open(using: FakeKVM(profile: profile))
+        let fake = FakeKVM(profile: profile)
+        let kvm = try KVM.open(using: fake)
         let vm = try kvm.createVM(type: type)
         var snp: SEVSNP?
         if type == .snp {
@@ -143,6 +146,8 @@ enum EmulatedLaunch {
         case .tdx: backend = try TDXBackend(vm: vm, tdx: TDX(vm: vm), vcpu: vcpus[0], memory: memory)
         default: backend = CCABackend(vm: vm)
         }
-        return try Populator(backend: backend, memory: memory).populate(setup.plan)
+        var options = PopulateOptions()
+        options.observer = fake.observer(of: vm)
+        return try Populator(backend: backend, memory: memory, options: options).populate(setup.plan)
     }
 }

@@ -1,3 +1,4 @@
+import GuestMemfd
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,4 +1,5 @@
 import GuestMemfd
+import KVMFake
 import Populate
 
 /// Guests launched on an emulated SEV-SNP host with RMPOPT (FakeKVM's
@@ -76,7 +77,9 @@ final class RMPOPTEmulation {
             let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: setup.guestSize), mapping: mapping)],
                                            backing: outcome)
             let backend = try SNPBackend(vm: vm, snp: snp, memory: layout, vcpus: [vcpu])
-            _ = try Populator(backend: backend, memory: layout, options: options).populate(plan())
+            var observed = options
+            observed.observer = fake.observer(of: vm)
+            _ = try Populator(backend: backend, memory: layout, options: observed).populate(plan())
             guests.append(Guest(vm: vm, snp: snp, vcpu: vcpu, memfd: memfd, mapping: mapping,
                                 asid: fake.snpASID(of: vm) ?? 0))
         }

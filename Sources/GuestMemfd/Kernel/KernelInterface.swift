@@ -5,8 +5,8 @@
 /// granularity: descriptors are plain `CInt`s, ioctl arguments are the
 /// `unsigned long` the kernel receives (a value or a user pointer), and
 /// failures are the `Errno` the syscall set. `LinuxKernel` forwards to the
-/// real kernel; `FakeKVM` implements the same rules in memory; and
-/// `FaultInjectingKernel` wraps either one. Implementations are passed in when
+/// real kernel; a test double (the `KVMFake` library's in-memory KVM and
+/// fault injector) implements the same rules. Implementations are passed in when
 /// a `KVM` is opened and inherited by every object created from it; there is
 /// no global.
 public protocol KernelInterface: Sendable {

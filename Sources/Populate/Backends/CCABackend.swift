@@ -1,3 +1,4 @@
+import GuestMemfd
 /// Arm CCA population: KVM_ARM_RMI_POPULATE from a separate source, always;
 /// delegating a granule to the realm scrubs it, so nothing survives in place.
 /// Zero pages need no call: delegated granules are already zero, and the
@@ -9,7 +10,6 @@ public final class CCABackend: PopulationBackend {
     /// The realm's parameters as created; they open the realm initial measurement.
     public let parameters: CCARealmParameters
     public var callName: String { "RMI_POPULATE" }
-    private let fake: FakeKVM?
 
     /// The parameters KVM's realms are created with here: a 40-bit IPA space,
     /// SHA-256, no SVE, PMU, breakpoints or watchpoints.
@@ -19,11 +19,9 @@ public final class CCABackend: PopulationBackend {
         self.vm = vm
         self.parameters = parameters
         cca = CCA(vm: vm)
-        fake = FakeKVM.behind(vm.kernel)
         capabilities = PlatformCapabilities(
             platform: .cca, populatesInPlace: false, populatesFromSource: true, granularity: pageSize,
-            measurement: .ccaRealmInitialMeasurement, kinds: [.normal, .zero, .unmeasured],
-            reportsMeasurement: fake != nil)
+            measurement: .ccaRealmInitialMeasurement, kinds: [.normal, .zero, .unmeasured])
     }
 
     public func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError) {
@@ -42,7 +40,4 @@ public final class CCABackend: PopulationBackend {
 
     /// The realm activates at the first KVM_RUN; there is nothing to issue here.
     public func finish() throws(KVMError) {}
-
-    public func reportedMeasurement() -> [UInt8]? { fake?.launchMeasurement(of: vm) }
-    public func reportedPageLog() -> [FakePlatformPage] { fake?.platformLog(of: vm) ?? [] }
 }

@@ -1,9 +1,10 @@
+import GuestMemfd
 /// A default VM: memory stays shared, the host writes it through the
 /// guest_memfd mapping, and nothing is measured or converted.
 public final class PlainBackend: PopulationBackend {
     public let capabilities = PlatformCapabilities(
         platform: .plain, populatesInPlace: true, populatesFromSource: false, granularity: pageSize,
-        measurement: .none, kinds: [.normal, .zero, .unmeasured], reportsMeasurement: false)
+        measurement: .none, kinds: [.normal, .zero, .unmeasured])
     public var callName: String { "host write" }
 
     public init() {}

@@ -1,3 +1,4 @@
+import GuestMemfd
 /// SEV-SNP population: KVM_SEV_SNP_LAUNCH_UPDATE per run, LAUNCH_FINISH to close.
 public final class SNPBackend: PopulationBackend {
     public let vm: VM
@@ -10,7 +11,6 @@ public final class SNPBackend: PopulationBackend {
     public let vmsaFeatures: UInt64
     public let capabilities: PlatformCapabilities
     public var callName: String { "SNP_LAUNCH_UPDATE" }
-    private let fake: FakeKVM?
 
     /// - Parameter inPlace: the host's guest_memfd converts in place
     ///   (`KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES`), so launch update may name no source.
@@ -22,11 +22,10 @@ public final class SNPBackend: PopulationBackend {
         self.memory = memory
         self.vcpus = vcpus.sorted { $0.id < $1.id }
         finishParameters = finish
-        fake = FakeKVM.behind(vm.kernel)
         let inPlace = try vm.checkExtension(.guestMemfdMemoryAttributes) != 0
         capabilities = PlatformCapabilities(
             platform: .snp, populatesInPlace: inPlace, populatesFromSource: true, granularity: pageSize,
-            measurement: .snpLaunchDigest, kinds: Set(PageKind.allCases), reportsMeasurement: fake != nil)
+            measurement: .snpLaunchDigest, kinds: Set(PageKind.allCases))
     }
 
     public func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError) {
@@ -54,9 +53,6 @@ public final class SNPBackend: PopulationBackend {
         }
         return pages
     }
-
-    public func reportedMeasurement() -> [UInt8]? { fake?.launchMeasurement(of: vm) }
-    public func reportedPageLog() -> [FakePlatformPage] { fake?.platformLog(of: vm) ?? [] }
 }
 
 extension PageKind {

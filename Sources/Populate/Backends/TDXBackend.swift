@@ -1,3 +1,4 @@
+import GuestMemfd
 /// TDX population: KVM_TDX_INIT_MEM_REGION per run (on the first vCPU),
 /// measured for normal pages, and KVM_TDX_FINALIZE_VM to close.
 public final class TDXBackend: PopulationBackend {
@@ -7,18 +8,16 @@ public final class TDXBackend: PopulationBackend {
     public let memory: GuestMemoryLayout
     public let capabilities: PlatformCapabilities
     public var callName: String { "TDX_INIT_MEM_REGION" }
-    private let fake: FakeKVM?
 
     public init(vm: VM, tdx: TDX, vcpu: VCPU, memory: GuestMemoryLayout) throws(KVMError) {
         self.vm = vm
         self.tdx = tdx
         self.vcpu = vcpu
         self.memory = memory
-        fake = FakeKVM.behind(vm.kernel)
         let inPlace = try vm.checkExtension(.guestMemfdMemoryAttributes) != 0
         capabilities = PlatformCapabilities(
             platform: .tdx, populatesInPlace: inPlace, populatesFromSource: true, granularity: pageSize,
-            measurement: .tdxMRTD, kinds: [.normal, .zero, .unmeasured], reportsMeasurement: fake != nil)
+            measurement: .tdxMRTD, kinds: [.normal, .zero, .unmeasured])
     }
 
     public func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError) {
@@ -37,6 +36,4 @@ public final class TDXBackend: PopulationBackend {
     }
 
     public func finish() throws(KVMError) { try tdx.finalizeVM() }
-
-    public func reportedMeasurement() -> [UInt8]? { fake?.launchMeasurement(of: vm) }
 }

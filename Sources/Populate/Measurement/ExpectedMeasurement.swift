@@ -1,3 +1,4 @@
+import GuestMemfd
 /// The measurements a launch plan will produce, computed in-process with the
 /// same digest types `snpvmm measure` uses, so that population code can
 /// check what the platform reports against one implementation.

@@ -1,3 +1,4 @@
+import GuestMemfd
 import Dispatch
 
 /// Hashes consecutive 4 KiB pages on all cores and folds the hashes into a

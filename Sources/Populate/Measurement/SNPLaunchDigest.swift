@@ -1,3 +1,4 @@
+import GuestMemfd
 /// The SEV-SNP launch digest: the chain of PAGE_INFO hashes the firmware
 /// folds every launched page into, whose last value is the MEASUREMENT of
 /// the attestation report.

@@ -1,3 +1,4 @@
+import GuestMemfd
 /// The kind of one TDVF metadata section. Source: TDVF design guide,
 /// "TDVF metadata"; QEMU `hw/i386/tdvf.c`, which accepts these four.
 public struct TDVFSectionType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {

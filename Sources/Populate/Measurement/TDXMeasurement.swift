@@ -1,3 +1,4 @@
+import GuestMemfd
 /// MRTD, the build-time measurement of an Intel TDX trust domain.
 ///
 /// MRTD is one running SHA-384 hash, not an extend chain: TDH.MNG.INIT opens

@@ -1,3 +1,4 @@
+import GuestMemfd
 import CKVMHeaders
 
 /// The VMM whose initial vCPU state an SNP measurement assumes. They differ

@@ -1,3 +1,4 @@
+import GuestMemfd
 /// A Linux bzImage as the x86 boot protocol describes it
 /// (Documentation/arch/x86/boot.rst): the setup header at 0x1F1, and the
 /// protected-mode kernel after the real-mode setup sectors. snpvmm boots it

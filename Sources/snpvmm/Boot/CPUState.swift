@@ -1,3 +1,4 @@
+import GuestMemfd
 /// A segment as both the GDT entry in guest memory and the hidden part of
 /// the segment register KVM_SET_SREGS loads, so the two always agree (the
 /// approach of Firecracker's `gdt.rs`).

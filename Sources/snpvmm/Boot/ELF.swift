@@ -1,3 +1,4 @@
+import GuestMemfd
 /// An x86-64 ELF64 executable as a PVH loader needs it: its loadable
 /// segments by physical address, and the 32-bit entry point from its Xen
 /// PVH note.

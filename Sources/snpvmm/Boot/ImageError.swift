@@ -1,3 +1,4 @@
+import GuestMemfd
 import Populate
 
 /// Why a kernel or initrd cannot be booted as given. Each case reads as one

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import GuestMemfd
 import Populate
 
 /// Random access to the bytes of a boot image, bounds-checked: the parsers

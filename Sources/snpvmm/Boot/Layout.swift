@@ -1,3 +1,4 @@
+import GuestMemfd
 /// The guest-physical addresses snpvmm lays an x86 guest out with, in one
 /// place (as Firecracker's `arch/x86_64/layout.rs` and kvmtool's
 /// `x86/include/kvm/kvm-arch.h` keep theirs).

@@ -1,3 +1,4 @@
+import GuestMemfd
 import Populate
 
 /// What to boot: the images, the command line and the machine's size.

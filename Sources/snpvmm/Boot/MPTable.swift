@@ -1,3 +1,4 @@
+import GuestMemfd
 /// The Intel MultiProcessor table that tells a kernel without ACPI how many
 /// CPUs there are and how ISA interrupts reach the IOAPIC; Linux finds it by
 /// scanning the first KiB of the EBDA for the floating pointer.

@@ -1,3 +1,4 @@
+import GuestMemfd
 /// The Xen PVH start-of-day structures a PVH kernel finds through %ebx:
 /// `hvm_start_info`, its module list and its memory map, all in one page
 /// at `Layout.pvhStartInfo`.

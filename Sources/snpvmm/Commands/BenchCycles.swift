@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import GuestMemfd
 import Populate
 
 /// `snpvmm bench cycles`: resource hygiene on this host's KVM. Each cycle

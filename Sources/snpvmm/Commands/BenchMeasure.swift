@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import GuestMemfd
 import Populate
 
 /// `snpvmm bench measure`: how `snpvmm measure` compares with sev-snp-measure

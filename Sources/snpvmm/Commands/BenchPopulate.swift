@@ -1,6 +1,8 @@
+import KVMFake
 #if canImport(Glibc)
 import Glibc
 #endif
+import GuestMemfd
 import Populate
 
 /// `snpvmm bench populate`: filling guest_memfd in place and from a
@@ -219,7 +221,9 @@ enum BenchPopulate {
             case .tdx: backend = try TDXBackend(vm: vm, tdx: TDX(vm: vm), vcpu: vcpu, memory: layout)
             default: backend = CCABackend(vm: vm)
             }
-            let result = try Populator(backend: backend, memory: layout).populate(plan)
+            var options = PopulateOptions()
+            options.observer = fake.observer(of: vm)
+            let result = try Populator(backend: backend, memory: layout, options: options).populate(plan)
             results.append((name, result.report.ioctls))
         }
         return results

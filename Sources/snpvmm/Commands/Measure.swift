@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import GuestMemfd
 import Populate
 
 /// `snpvmm measure`: offline launch measurements.

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import GuestMemfd
+import KVMFake
 import Populate
 
 /// `snpvmm rmp status`: which 1 GiB regions of host memory have RMPOPT's

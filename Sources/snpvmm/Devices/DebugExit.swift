@@ -1,3 +1,4 @@
+import GuestMemfd
 /// QEMU's isa-debug-exit at port 0xF4 (as `-device isa-debug-exit,iobase=0xf4,iosize=4`):
 /// a write of `v` ends the run, and snpvmm exits with status (v << 1) | 1,
 /// as QEMU does (hw/misc/debugexit.c), so a guest can report a result

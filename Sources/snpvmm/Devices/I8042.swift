@@ -1,3 +1,4 @@
+import GuestMemfd
 /// The i8042 keyboard controller reduced to the one thing a VMM without a
 /// keyboard needs from it: the reset line. Writing command 0xFE ("pulse
 /// output line 0", the CPU reset) to port 0x64 ends the run; this is how

@@ -1,3 +1,4 @@
+import GuestMemfd
 /// An 8250/16450-style UART at COM1 (0x3F8, IRQ 4) whose transmitter
 /// writes to an output sink: enough for Linux's `console=ttyS0`, its
 /// `earlyprintk=serial` and the decompressor's early console.

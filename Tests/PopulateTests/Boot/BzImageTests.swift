@@ -1,3 +1,4 @@
+import GuestMemfd
 import Foundation
 @testable import snpvmm
 import Testing

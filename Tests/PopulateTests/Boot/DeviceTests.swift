@@ -1,3 +1,4 @@
+import GuestMemfd
 @testable import snpvmm
 import Testing
 

@@ -1,3 +1,4 @@
+import GuestMemfd
 import Fixtures
 import Foundation
 @testable import snpvmm

@@ -1,3 +1,5 @@
+import GuestMemfd
+import KVMFake
 import Foundation
 import Testing
 @testable import snpvmm

@@ -1,6 +1,7 @@
 import CKVMHeaders
 import Foundation
 import GuestMemfd
+import KVMFake
 import Testing
 
 /// One call sequence, run on the real kernel and on the fake's profile of

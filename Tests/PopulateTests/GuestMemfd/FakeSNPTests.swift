@@ -1,5 +1,6 @@
 import CKVMHeaders
 import GuestMemfd
+import KVMFake
 import Testing
 
 /// An SNP guest on a fake SNP host, set up as QEMU and the kernel selftests

@@ -1,5 +1,6 @@
 import CKVMHeaders
 import GuestMemfd
+import KVMFake
 import Testing
 
 @Suite struct FaultInjectionTests {

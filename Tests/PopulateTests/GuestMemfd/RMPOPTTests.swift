@@ -1,4 +1,5 @@
 import GuestMemfd
+import KVMFake
 import Testing
 
 private let gib: UInt64 = 1 << 30

@@ -1,4 +1,5 @@
 import GuestMemfd
+import KVMFake
 import Populate
 @testable import snpvmm
 import Testing

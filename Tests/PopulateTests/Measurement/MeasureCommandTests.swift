@@ -1,4 +1,5 @@
 import Foundation
+import GuestMemfd
 import Populate
 import Testing
 

@@ -1,5 +1,6 @@
 import Fixtures
 import Foundation
+import GuestMemfd
 import Populate
 import Testing
 

@@ -1,3 +1,4 @@
+import GuestMemfd
 import Populate
 import Testing
 

@@ -1,3 +1,5 @@
+import GuestMemfd
+import KVMFake
 import Populate
 import Testing
 

@@ -1,3 +1,5 @@
+import GuestMemfd
+import KVMFake
 @testable import GuestMemfd
 @testable import Populate
 import Testing
@@ -143,7 +145,7 @@ extension LaunchFlow {
                 arm(armedFake, armedKernel)
             }
             outcome.populationStart = rig.kernel.trace.count
-            let populator = Populator(backend: rig.backend, memory: rig.layout)
+            let populator = Populator(backend: rig.backend, memory: rig.layout, options: rig.observed)
             do {
                 var result = try populator.populate(plan)
                 outcome.result = result

@@ -1,3 +1,5 @@
+import GuestMemfd
+import KVMFake
 import CKVMHeaders
 import Foundation
 @testable import GuestMemfd
@@ -69,8 +71,17 @@ struct PopulationRig {
         }
     }
 
-    func populate(_ plan: LaunchPlan, _ options: PopulateOptions = PopulateOptions()) throws(PopulateError) -> PopulateResult {
-        try Populator(backend: backend, memory: layout, options: options).populate(plan)
+    /// Options that check the expected measurement against the fake firmware's.
+    var observed: PopulateOptions {
+        var options = PopulateOptions()
+        options.observer = fake.observer(of: vm)
+        return options
+    }
+
+    func populate(_ plan: LaunchPlan, _ options: PopulateOptions? = nil) throws(PopulateError) -> PopulateResult {
+        var options = options ?? observed
+        if options.observer == nil { options.observer = fake.observer(of: vm) }
+        return try Populator(backend: backend, memory: layout, options: options).populate(plan)
     }
 
     /// Population ioctls issued so far (everything but setup).
@@ -247,7 +258,7 @@ struct PlatformCase: Sendable, CustomTestStringConvertible {
         let rig = try PopulationRig(.snp)
         let tampering = TamperingBackend(rig.backend, corruptGPA: PopulationRig.memoryBase + 0x201000)
         do {
-            _ = try Populator(backend: tampering, memory: rig.layout).populate(samplePlan(.snp))
+            _ = try Populator(backend: tampering, memory: rig.layout, options: rig.observed).populate(samplePlan(.snp))
             Issue.record("the mismatch should be reported")
         } catch {
             guard case .measurementMismatch(_, _, let page) = error.reason else {
@@ -286,7 +297,7 @@ struct PlatformCase: Sendable, CustomTestStringConvertible {
                                                      sharedMemory: memory)])
         let before = rig.kernel.trace.count
         #expect {
-            _ = try Populator(backend: rig.backend, memory: layout).populate(samplePlan(.snp))
+            _ = try Populator(backend: rig.backend, memory: layout, options: rig.observed).populate(samplePlan(.snp))
         } throws: { error in
             "\(error)".contains("keeps guest memory private in guest_memfd, and the slot at")
         }
@@ -391,8 +402,6 @@ final class TamperingBackend: PopulationBackend {
     }
     func finish() throws(KVMError) { try base.finish() }
     func vmsaPages() throws(KVMError) -> [[UInt8]] { try base.vmsaPages() }
-    func reportedMeasurement() -> [UInt8]? { base.reportedMeasurement() }
-    func reportedPageLog() -> [FakePlatformPage] { base.reportedPageLog() }
 }
 
 final class LockedStrings: @unchecked Sendable {
@@ -430,7 +439,7 @@ func expectedSNPDigest(start: [UInt8], _ pages: [(gpa: UInt64, type: UInt8, cont
 @Suite struct PrePopulationTests {
     @Test func aHostWithTDPPreFaultsAfterTheLaunchIsFinished() throws {
         let rig = try PopulationRig(.snp)
-        let populator = Populator(backend: rig.backend, memory: rig.layout)
+        let populator = Populator(backend: rig.backend, memory: rig.layout, options: rig.observed)
         var result = try populator.populate(samplePlan(.snp))
         #expect(try populator.prePopulate(vcpu: rig.vcpu) == .preFaultMemory(bytes: PopulationRig.memorySize))
         try populator.prePopulate(vcpu: rig.vcpu, report: &result.report)

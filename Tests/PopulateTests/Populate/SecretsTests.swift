@@ -1,3 +1,4 @@
+import GuestMemfd
 import Foundation
 @testable import GuestMemfd
 @testable import Populate
@@ -54,7 +55,6 @@ final class SourceWatchingBackend: PopulationBackend {
     }
     func finish() throws(KVMError) { try base.finish() }
     func vmsaPages() throws(KVMError) -> [[UInt8]] { try base.vmsaPages() }
-    func reportedMeasurement() -> [UInt8]? { base.reportedMeasurement() }
 }
 
 @Suite struct SecretsTests {
@@ -71,7 +71,7 @@ final class SourceWatchingBackend: PopulationBackend {
     func everySourceBufferThatHeldTheSecretIsZeroWhenItIsFreed(_ platform: Platform) throws {
         let rig = try PopulationRig(platform)
         let memory = ObservedSourceMemory()
-        var options = PopulateOptions()
+        var options = rig.observed
         options.sourceMemory = memory
         let watching = SourceWatchingBackend(rig.backend)
         let result = try Populator(backend: watching, memory: rig.layout, options: options).populate(Self.plan)
@@ -90,7 +90,7 @@ final class SourceWatchingBackend: PopulationBackend {
         let rig = try PopulationRig(platform)
         rig.fake.failPages(after: 1, with: .noMemory, in: platform == .cca ? .armRMIPopulate : .memoryEncryptOp)
         let memory = ObservedSourceMemory()
-        var options = PopulateOptions()
+        var options = rig.observed
         options.sourceMemory = memory
         options.interruptionLimit = 0
         #expect(throws: PopulateError.self) { _ = try Populator(backend: rig.backend, memory: rig.layout, options: options).populate(Self.plan) }

@@ -1,5 +1,6 @@
 import Foundation
 import GuestMemfd
+import KVMFake
 import Testing
 
 /// Facts about the host the real-KVM tests run on, probed once.

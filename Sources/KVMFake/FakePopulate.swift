@@ -1,3 +1,4 @@
+import GuestMemfd
 extension FakeKVM {
     /// Whether `gfn` is private for population and faults: per VM attribute
     /// on 6.18, per guest_memfd page where guest_memfd converts in place.

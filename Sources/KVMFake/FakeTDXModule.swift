@@ -1,3 +1,4 @@
+import GuestMemfd
 import CKVMHeaders
 
 extension FakeKVM {

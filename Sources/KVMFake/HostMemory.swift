@@ -1,3 +1,4 @@
+import GuestMemfd
 /// Simulated host physical memory: which 4 KiB frame backs each
 /// guest_memfd page, handed out under a `PlacementPolicy`.
 ///

@@ -1,3 +1,4 @@
+import GuestMemfd
 /// The SEV-SNP reverse map table: one entry per 4 KiB host frame saying
 /// who owns it (AMD SEV-SNP ABI, "Reverse Map Table"; APM vol. 2, 15.36.3).
 ///

@@ -1,3 +1,4 @@
+import GuestMemfd
 /// A map from 64-bit keys to values, stored as sorted non-overlapping runs,
 /// so that attributes over gigabytes of guest frames cost a few entries.
 /// Keys without a run map to `defaultValue`.

@@ -1,3 +1,4 @@
+import GuestMemfd
 import CKVMHeaders
 #if canImport(Glibc)
 import Glibc

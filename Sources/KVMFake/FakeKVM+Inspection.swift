@@ -1,3 +1,5 @@
+import GuestMemfd
+import Populate
 /// What a test or an embedding VMM can ask of, and tell, a `FakeKVM`
 /// beyond the kernel seam: guest behaviour, platform measurements, the RMP,
 /// placement, and interruptions.
@@ -64,6 +66,13 @@ extension FakeKVM {
             }
             return fake.snp?.pageLog ?? fake.td?.pageLog ?? []
         }
+    }
+
+    /// An observer for `PopulateOptions.observer` that reads `vm`'s
+    /// measurement from this fake's firmware, so a population whose
+    /// expected measurement differs from the firmware's fails.
+    public func observer(of vm: VM) -> any LaunchMeasurementObserver {
+        FakeMeasurementObserver(fake: self, vm: vm)
     }
 
     private var realmDigestLength: Int { profile.cca?.hashAlgorithm == 1 ? 64 : 32 }
@@ -155,4 +164,21 @@ extension FakeKVM {
 
     /// Mappings of fake descriptors not yet unmapped.
     public var liveMappings: Int { withLock { liveMappingCount } }
+}
+
+/// Reads one VM's measurement from a `FakeKVM`'s firmware.
+private final class FakeMeasurementObserver: LaunchMeasurementObserver, @unchecked Sendable {
+    let fake: FakeKVM
+    let vm: VM
+
+    init(fake: FakeKVM, vm: VM) {
+        self.fake = fake
+        self.vm = vm
+    }
+
+    func launchMeasurement() -> [UInt8]? { fake.launchMeasurement(of: vm) }
+
+    func measuredPages() -> [MeasuredPage] {
+        fake.platformLog(of: vm).map { MeasuredPage(gpa: $0.gpa, kind: $0.kind, measurement: $0.measurement) }
+    }
 }

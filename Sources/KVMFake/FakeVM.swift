@@ -1,3 +1,4 @@
+import GuestMemfd
 import CKVMHeaders
 
 /// One VM of the fake: memslots, memory attributes, vCPUs and the

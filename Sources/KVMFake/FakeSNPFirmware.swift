@@ -1,3 +1,4 @@
+import GuestMemfd
 import CKVMHeaders
 
 /// One CPUID function as the SNP firmware checks it in a CPUID page.

@@ -1,3 +1,4 @@
+import GuestMemfd
 /// One 1 GiB region of host memory as the RMPOPT tables and the RMP see it.
 public struct RMPOPTRegion: Hashable, Sendable {
     /// The region's index: it starts at `index` GiB.

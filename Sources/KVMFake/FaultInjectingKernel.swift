@@ -1,3 +1,4 @@
+import GuestMemfd
 /// A kernel interface that records every call and fails chosen ones with a
 /// chosen errno, over any other interface: the real kernel or `FakeKVM`.
 ///

@@ -1,3 +1,4 @@
+import GuestMemfd
 /// The kernel and platform a `FakeKVM` behaves as.
 ///
 /// Where KVM changed behaviour between releases, a profile names the release
@@ -76,7 +77,7 @@ public struct HostProfile: Sendable {
     /// `type`, or with no VM (`kvm_gmem_get_supported_flags`, 6.18):
     /// MMAP always; INIT_SHARED only where memory cannot be private, unless
     /// guest_memfd converts in place.
-    func guestMemfdFlags(for type: VMType?) -> GuestMemfdFlags {
+    public func guestMemfdFlags(for type: VMType?) -> GuestMemfdFlags {
         guard guestMemfd else { return [] }
         let hugetlb: GuestMemfdFlags = guestMemfdHugeTLB ? .hugetlb : []
         if let type, hasPrivateMemory(type), !inPlaceConversion { return [.mmap, hugetlb] }
