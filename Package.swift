@@ -3,13 +3,16 @@ import PackageDescription
 
 // Layers, bottom to top:
 //   CKVMHeaders  C shim: the KVM uAPI this project needs, with pinned numbers
-//   GuestMemfd   typed KVM objects over one kernel seam (real /dev/kvm or the fake)
-//   Populate     launch plans, population policies and measurements
+//   GuestMemfd   typed KVM objects over one kernel seam (real /dev/kvm or a test double)
+//   LaunchMeasurement  SHA-384 and the SNP, TDX and CCA launch measurements; no KVM
+//   Populate     launch plans, population policies and the population engine
+//   KVMFake      the test double: an in-memory KVM with emulated platform firmware
 //   snpvmm       the command-line VMM
 let package = Package(
     name: "snpvmm",
     products: [
         .library(name: "GuestMemfd", targets: ["GuestMemfd"]),
+        .library(name: "LaunchMeasurement", targets: ["LaunchMeasurement"]),
         .library(name: "Populate", targets: ["Populate"]),
         // A test double for embedders' test targets: an in-memory KVM with
         // emulated SEV-SNP, TDX and CCA firmware, and a fault injector.
@@ -23,14 +26,15 @@ let package = Package(
             pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]
         ),
-        .target(name: "GuestMemfd", dependencies: ["CKVMHeaders", "CLibcrypto"]),
-        .target(name: "Populate", dependencies: ["GuestMemfd"]),
+        .target(name: "GuestMemfd", dependencies: ["CKVMHeaders"]),
+        .target(name: "LaunchMeasurement", dependencies: ["CLibcrypto"]),
+        .target(name: "Populate", dependencies: ["GuestMemfd", "LaunchMeasurement"]),
         .target(name: "KVMFake", dependencies: ["GuestMemfd", "Populate", "CKVMHeaders", "CLibcrypto"]),
-        .executableTarget(name: "snpvmm", dependencies: ["GuestMemfd", "Populate", "KVMFake"]),
+        .executableTarget(name: "snpvmm", dependencies: ["GuestMemfd", "LaunchMeasurement", "Populate", "KVMFake"]),
         .target(name: "Fixtures", path: "Tests/Fixtures", exclude: ["README.md", "Guests", "Measurement", "build-guests.sh"]),
         .testTarget(
             name: "PopulateTests",
-            dependencies: ["GuestMemfd", "Populate", "KVMFake", "Fixtures", "CKVMHeaders", "snpvmm"]
+            dependencies: ["GuestMemfd", "LaunchMeasurement", "Populate", "KVMFake", "Fixtures", "CKVMHeaders", "snpvmm"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -45,8 +45,8 @@ extension FakeKVM {
     public func launchMeasurement(of vm: VM) -> [UInt8]? {
         withLock {
             guard let fake = fakeVM(vm) else { return nil }
-            if let snp = fake.snp, snp.launchStarted { return snp.digest.bytes }
-            if let mrtd = fake.td?.finalMRTD { return mrtd.bytes }
+            if let snp = fake.snp, snp.launchStarted { return snp.digest }
+            if let mrtd = fake.td?.finalMRTD { return mrtd }
             if let realm = fake.realm, realm.created { return Array(realm.measurement.prefix(realmDigestLength)) }
             return nil
         }

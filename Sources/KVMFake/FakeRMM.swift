@@ -80,14 +80,14 @@ extension FakeKVM {
             descriptor[0] = 1
             withUnsafeBytes(of: UInt64(0x100).littleEndian) { descriptor.replaceSubrange(0x8..<0x10, with: $0) }
             descriptor.replaceSubrange(0x10..<0x50, with: vm.realm!.measurement)
-            descriptor.replaceSubrange(0x50..<0x90, with: padded(realmDigest(rmm).hash(params)))
-            vm.realm!.measurement = padded(realmDigest(rmm).hash(descriptor))
+            descriptor.replaceSubrange(0x50..<0x90, with: padded(realmDigest(rmm).digest(params)))
+            vm.realm!.measurement = padded(realmDigest(rmm).digest(descriptor))
             vm.realm!.pageLog.append(FakePlatformPage(gpa: 0, kind: "REC", measurement: vm.realm!.measurement))
         }
         vm.realm!.state = .active
     }
 
-    private func realmDigest(_ rmm: RMMProfile) -> MessageDigest { rmm.hashAlgorithm == 1 ? .sha512 : .sha256 }
+    private func realmDigest(_ rmm: RMMProfile) -> FirmwareHash { rmm.hashAlgorithm == 1 ? .sha512 : .sha256 }
 
     /// The initial RIM: the hash of the 4 KiB realm parameters holding only
     /// the measured fields (TF-RMM `measurement_realm_params_measure`): flags
@@ -98,7 +98,7 @@ extension FakeKVM {
         var params = [UInt8](repeating: 0, count: Int(pageSize))
         params[0x8] = 40
         params[0x30] = rmm.hashAlgorithm
-        return padded(realmDigest(rmm).hash(params))
+        return padded(realmDigest(rmm).digest(params))
     }
 
     /// RIM' = H(RmmMeasurementDescriptorData), a 0x100-byte descriptor that
@@ -113,9 +113,9 @@ extension FakeKVM {
         withUnsafeBytes(of: ipa.littleEndian) { descriptor.replaceSubrange(0x50..<0x58, with: $0) }
         withUnsafeBytes(of: flags.littleEndian) { descriptor.replaceSubrange(0x58..<0x60, with: $0) }
         if flags & UInt64(CKVM_ARM_RMI_POPULATE_FLAGS_MEASURE) != 0 {
-            descriptor.replaceSubrange(0x60..<0xA0, with: padded(realmDigest(rmm).hash(granule)))
+            descriptor.replaceSubrange(0x60..<0xA0, with: padded(realmDigest(rmm).digest(granule)))
         }
-        vm.realm!.measurement = padded(realmDigest(rmm).hash(descriptor))
+        vm.realm!.measurement = padded(realmDigest(rmm).digest(descriptor))
         vm.realm!.pageLog.append(FakePlatformPage(gpa: ipa, kind: flags & 1 != 0 ? "DATA_CREATE" : "DATA_CREATE_UNKNOWN",
                                                   measurement: vm.realm!.measurement))
     }

@@ -182,8 +182,8 @@ extension FakeKVM {
     private func snpLaunchUpdate(_ vm: FakeVM, _ command: inout ckvm_sev_cmd) throws(Errno) {
         guard vm.type == .snp, vm.snp?.launchStarted == true, let firmware = profile.snp else { throw .invalidArgument }
         var params: ckvm_sev_snp_launch_update = try load(UInt(command.data))
-        let type = SNPPageType(rawValue: params.type)
-        let validTypes: [SNPPageType] = [.normal, .zero, .unmeasured, .secrets, .cpuid]
+        let type = SNPLaunchUpdate.PageType(rawValue: params.type)
+        let validTypes: [SNPLaunchUpdate.PageType] = [.normal, .zero, .unmeasured, .secrets, .cpuid]
         guard params.len % pageSize == 0, params.flags == 0, validTypes.contains(type) else { throw .invalidArgument }
         let reworked = profile.reworkedPopulation
         // No source: before the rework a null pointer simply copies nothing;
@@ -230,7 +230,7 @@ extension FakeKVM {
     /// 2 MiB entry for a large unit), then the firmware's SNP_LAUNCH_UPDATE.
     /// The fake firmware measures a 2 MiB update as its 512 pages in order.
     private func snpPopulate(_ vm: FakeVM, gmem: FakeGuestMemfd, firstPage: Int, pages: Int, gfn: UInt64,
-                             type: SNPPageType, source: UnsafeMutableRawPointer?, command: ckvm_sev_cmd,
+                             type: SNPLaunchUpdate.PageType, source: UnsafeMutableRawPointer?, command: ckvm_sev_cmd,
                              firmware: SNPFirmwareProfile, firmwareError: inout UInt32) throws(Errno) {
         let frames = (firstPage..<(firstPage + pages)).compactMap { gmem.pages[$0].frame }
         guard frames.count == pages else { throw .noMemory }
@@ -258,7 +258,7 @@ extension FakeKVM {
                 if !gmem.isHole(page) { bytes.initializeMemory(as: UInt8.self, repeating: 0) }
             case .secrets:
                 // The firmware fills the secrets page (VMPCKs and the like); the host learns nothing of it.
-                let secret = SHA384.hash(Array("fake secrets page, asid \(asid)".utf8)).bytes
+                let secret = FirmwareHash.sha384.digest(Array("fake secrets page, asid \(asid)".utf8))
                 for index in 0..<Int(pageSize) { bytes[index] = secret[index % secret.count] }
             case .cpuid:
                 if !SNPCPUIDPage.validate(bytes, against: firmware.cpuid) {
@@ -274,18 +274,18 @@ extension FakeKVM {
             default:
                 break
             }
-            let contents = type == .normal ? SHA384.hash(UnsafeRawBufferPointer(bytes)) : nil
+            let contents = type == .normal ? FirmwareHash.sha384.digest(UnsafeRawBufferPointer(bytes)) : nil
             extendSNPDigest(vm, gpa: gpa, type: type, contentsHash: contents)
         }
     }
 
     /// Extends the guest's launch digest by one page, in place (copying the
     /// context out would copy its page log on every page).
-    func extendSNPDigest(_ vm: FakeVM, gpa: UInt64, type: SNPPageType, contentsHash: SHA384Digest?) {
+    func extendSNPDigest(_ vm: FakeVM, gpa: UInt64, type: SNPLaunchUpdate.PageType, contentsHash: [UInt8]?) {
         guard let current = vm.snp?.digest else { return }
-        let digest = snpPageInfoDigest(current: current, contentsHash: contentsHash, type: type, gpa: gpa)
+        let digest = FirmwarePageInfo.extend(current, contents: contentsHash, pageType: type.rawValue, gpa: gpa)
         vm.snp!.digest = digest
-        vm.snp!.pageLog.append(FakePlatformPage(gpa: gpa, kind: type.description, measurement: digest.bytes))
+        vm.snp!.pageLog.append(FakePlatformPage(gpa: gpa, kind: type.description, measurement: digest))
     }
 
     /// KVM_SEV_SNP_LAUNCH_FINISH (snp_launch_finish, snp_launch_update_vmsa),
@@ -303,14 +303,14 @@ extension FakeKVM {
         // Every vCPU's VMSA, in vCPU order, is made private at INITIAL_VMSA_GPA and measured.
         for id in vm.vcpus.keys.sorted() {
             let vcpu = vm.vcpus[id]!
-            let vmsa = SNPVMSA(regs: vcpu.regs, sregs: vcpu.sregs, sevFeatures: snp.vmsaFeatures).page
+            let vmsa = FirmwareVMSA.page(regs: vcpu.regs, sregs: vcpu.sregs, sevFeatures: snp.vmsaFeatures)
             // The VMSA is a page KVM allocates for the vCPU, not guest_memfd memory.
             if let frame = host.allocateKernelPage() {
                 rmp.assign(frame: frame, gpa: CKVM_SNP_INITIAL_VMSA_GPA, asid: snp.asid, immutable: true,
                            validated: true, isLarge: false)
                 vm.snp?.vmsaFrames.append(frame)
             }
-            extendSNPDigest(vm, gpa: CKVM_SNP_INITIAL_VMSA_GPA, type: .vmsa, contentsHash: SHA384.hash(vmsa))
+            extendSNPDigest(vm, gpa: CKVM_SNP_INITIAL_VMSA_GPA, type: .vmsa, contentsHash: FirmwareHash.sha384.digest(vmsa))
         }
         if params.id_block_en != 0 {
             // The ID block (96 bytes) carries the expected launch digest and policy.
@@ -319,7 +319,7 @@ extension FakeKVM {
             else { throw .badAddress }
             let expected = [UInt8](UnsafeRawBufferPointer(start: block, count: 48))
             let policy = block.loadUnaligned(fromByteOffset: 88, as: UInt64.self)
-            if expected != vm.snp!.digest.bytes {
+            if expected != vm.snp!.digest {
                 command.error = 0x0B  // BAD_MEASUREMENT
                 throw .ioError
             }

@@ -162,7 +162,7 @@ extension FakeKVM {
         guard var td = vm.td, td.state == .initialised, command.flags == 0, command.data == 0 else {
             throw .invalidArgument
         }
-        td.finalMRTD = td.mrtd.finalize()
+        td.finalMRTD = td.mrtd.finish()
         td.state = .finalised
         vm.td = td
         vm.runnable = true

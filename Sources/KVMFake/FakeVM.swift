@@ -67,7 +67,7 @@ struct SNPGuestContext {
     var policy: UInt64 = 0
     var asid: UInt32 = 0
     /// The launch digest as the firmware extends it.
-    var digest = SHA384Digest.zero
+    var digest = [UInt8](repeating: 0, count: 48)
     /// One record per measured page, in order, for comparing ledgers.
     var pageLog: [FakePlatformPage] = []
     var hostData: [UInt8] = []
@@ -92,8 +92,8 @@ struct TDContext {
     var state: State = .created
     var attributes: UInt64 = 0
     var xfam: UInt64 = 0
-    var mrtd = SHA384()
-    var finalMRTD: SHA384Digest?
+    var mrtd = FirmwareSHA384Stream()
+    var finalMRTD: [UInt8]?
     var pageLog: [FakePlatformPage] = []
     /// GPAs already added (TDH.MEM.PAGE.ADD refuses a mapped GPA).
     var added = Set<UInt64>()

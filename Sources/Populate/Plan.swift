@@ -1,4 +1,5 @@
 import GuestMemfd
+import LaunchMeasurement
 /// What a page of the launch plan is, in the platform-neutral terms the
 /// population backends translate into their own page types.
 public enum PageKind: String, Sendable, CaseIterable, Codable {

@@ -1,4 +1,5 @@
 import GuestMemfd
+import LaunchMeasurement
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import GuestMemfd
+import LaunchMeasurement
 import KVMFake
 import Populate
 

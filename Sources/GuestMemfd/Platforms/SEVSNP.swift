@@ -1,32 +1,5 @@
 import CKVMHeaders
 
-/// An SEV-SNP page type, as both KVM (`KVM_SEV_SNP_PAGE_TYPE_*`) and the
-/// firmware number it.
-public struct SNPPageType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
-    public let rawValue: UInt8
-    public init(rawValue: UInt8) { self.rawValue = rawValue }
-
-    public static let normal = SNPPageType(rawValue: UInt8(CKVM_SEV_SNP_PAGE_TYPE_NORMAL))
-    /// Measured by KVM itself at launch finish; never passed to launch update.
-    public static let vmsa = SNPPageType(rawValue: UInt8(CKVM_SEV_SNP_PAGE_TYPE_VMSA))
-    public static let zero = SNPPageType(rawValue: UInt8(CKVM_SEV_SNP_PAGE_TYPE_ZERO))
-    public static let unmeasured = SNPPageType(rawValue: UInt8(CKVM_SEV_SNP_PAGE_TYPE_UNMEASURED))
-    public static let secrets = SNPPageType(rawValue: UInt8(CKVM_SEV_SNP_PAGE_TYPE_SECRETS))
-    public static let cpuid = SNPPageType(rawValue: UInt8(CKVM_SEV_SNP_PAGE_TYPE_CPUID))
-
-    public var description: String {
-        switch self {
-        case .normal: "NORMAL"
-        case .vmsa: "VMSA"
-        case .zero: "ZERO"
-        case .unmeasured: "UNMEASURED"
-        case .secrets: "SECRETS"
-        case .cpuid: "CPUID"
-        default: "type \(rawValue)"
-        }
-    }
-}
-
 /// The state of one `KVM_SEV_SNP_LAUNCH_UPDATE`: what to populate, and after
 /// a call, what the kernel says is left.
 public struct SNPLaunchUpdate: Hashable, Sendable {
@@ -35,9 +8,9 @@ public struct SNPLaunchUpdate: Hashable, Sendable {
     public var sourceAddress: UInt64
     /// Bytes left to populate.
     public var length: UInt64
-    public var type: SNPPageType
+    public var type: PageType
 
-    public init(gfnStart: UInt64, sourceAddress: UInt64, length: UInt64, type: SNPPageType) {
+    public init(gfnStart: UInt64, sourceAddress: UInt64, length: UInt64, type: PageType) {
         self.gfnStart = gfnStart
         self.sourceAddress = sourceAddress
         self.length = length
@@ -180,5 +153,33 @@ public final class SEVSNP: Sendable {
             }
         }
         try result.get()
+    }
+}
+
+extension SNPLaunchUpdate {
+    /// The type of the pages one launch update populates (`KVM_SEV_SNP_PAGE_TYPE_*`).
+    public struct PageType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+        public static let normal = PageType(rawValue: UInt8(CKVM_SEV_SNP_PAGE_TYPE_NORMAL))
+        /// Measured by KVM itself at launch finish; never passed to launch update.
+        public static let vmsa = PageType(rawValue: UInt8(CKVM_SEV_SNP_PAGE_TYPE_VMSA))
+        public static let zero = PageType(rawValue: UInt8(CKVM_SEV_SNP_PAGE_TYPE_ZERO))
+        public static let unmeasured = PageType(rawValue: UInt8(CKVM_SEV_SNP_PAGE_TYPE_UNMEASURED))
+        public static let secrets = PageType(rawValue: UInt8(CKVM_SEV_SNP_PAGE_TYPE_SECRETS))
+        public static let cpuid = PageType(rawValue: UInt8(CKVM_SEV_SNP_PAGE_TYPE_CPUID))
+
+        public var description: String {
+            switch self {
+            case .normal: "NORMAL"
+            case .vmsa: "VMSA"
+            case .zero: "ZERO"
+            case .unmeasured: "UNMEASURED"
+            case .secrets: "SECRETS"
+            case .cpuid: "CPUID"
+            default: "type \(rawValue)"
+            }
+        }
     }
 }

@@ -1,4 +1,5 @@
 import GuestMemfd
+import LaunchMeasurement
 /// Arm CCA population: KVM_ARM_RMI_POPULATE from a separate source, always;
 /// delegating a granule to the realm scrubs it, so nothing survives in place.
 /// Zero pages need no call: delegated granules are already zero, and the

@@ -1,4 +1,5 @@
 import GuestMemfd
+import LaunchMeasurement
 /// SEV-SNP population: KVM_SEV_SNP_LAUNCH_UPDATE per run, LAUNCH_FINISH to close.
 public final class SNPBackend: PopulationBackend {
     public let vm: VM
@@ -34,7 +35,7 @@ public final class SNPBackend: PopulationBackend {
 
     public func populate(_ call: PopulateCall) -> PopulateStep {
         let update = SNPLaunchUpdate(gfnStart: call.gpa / pageSize, sourceAddress: call.source,
-                                     length: call.pages * pageSize, type: call.kind.snpPageType)
+                                     length: call.pages * pageSize, type: call.kind.launchUpdateType)
         do {
             let left = try snp.launchUpdate(update)
             return PopulateStep(pagesDone: call.pages - left.length / pageSize, error: nil)
@@ -56,7 +57,7 @@ public final class SNPBackend: PopulationBackend {
 }
 
 extension PageKind {
-    /// The SNP page type of each kind.
+    /// The page type the SNP firmware measures each kind as.
     public var snpPageType: SNPPageType {
         switch self {
         case .normal: .normal
@@ -66,5 +67,15 @@ extension PageKind {
         case .cpuid: .cpuid
         }
     }
-}
 
+    /// The page type KVM_SEV_SNP_LAUNCH_UPDATE takes for each kind.
+    public var launchUpdateType: SNPLaunchUpdate.PageType {
+        switch self {
+        case .normal: .normal
+        case .zero: .zero
+        case .unmeasured: .unmeasured
+        case .secrets: .secrets
+        case .cpuid: .cpuid
+        }
+    }
+}

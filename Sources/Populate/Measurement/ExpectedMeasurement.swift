@@ -1,4 +1,5 @@
 import GuestMemfd
+import LaunchMeasurement
 /// The measurements a launch plan will produce, computed in-process with the
 /// same digest types `snpvmm measure` uses, so that population code can
 /// check what the platform reports against one implementation.

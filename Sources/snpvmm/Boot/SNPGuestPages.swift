@@ -1,5 +1,6 @@
 import CKVMHeaders
 import GuestMemfd
+import LaunchMeasurement
 import Populate
 
 /// The pages an SEV-SNP guest kernel finds through its confidential

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import GuestMemfd
+import LaunchMeasurement
 import Populate
 
 /// `snpvmm bench measure`: how `snpvmm measure` compares with sev-snp-measure

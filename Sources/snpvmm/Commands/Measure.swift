@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import GuestMemfd
+import LaunchMeasurement
 import Populate
 
 /// `snpvmm measure`: offline launch measurements.

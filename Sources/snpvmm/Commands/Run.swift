@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import GuestMemfd
+import LaunchMeasurement
 import Populate
 
 /// The platforms `snpvmm run` can populate a guest for.

@@ -1,5 +1,7 @@
 // The check the loader fuzz targets share (elf-pvh, bzimage): compiled
 // into each of them through its `sources` file by scripts/fuzz.
+import GuestMemfd
+import LaunchMeasurement
 import Populate
 
 enum FuzzBoot {

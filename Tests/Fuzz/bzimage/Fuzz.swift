@@ -2,6 +2,8 @@
 // boot_params, the e820 map, initrd placement and plan validation), the
 // way `snpvmm run --kernel FILE --initrd FILE` lays out a guest. Built with
 // the sources of Sources/snpvmm/Boot by scripts/fuzz.
+import GuestMemfd
+import LaunchMeasurement
 import Populate
 
 @_cdecl("LLVMFuzzerTestOneInput")

@@ -2,6 +2,8 @@
 // Xen PVH note, segment grouping, hvm_start_info and plan validation), the
 // way `snpvmm run --kernel FILE --initrd FILE` lays out a guest. Built with
 // the sources of Sources/snpvmm/Boot by scripts/fuzz.
+import GuestMemfd
+import LaunchMeasurement
 import Populate
 
 @_cdecl("LLVMFuzzerTestOneInput")

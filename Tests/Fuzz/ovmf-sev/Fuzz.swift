@@ -2,6 +2,8 @@
 // (OVMFImage), then the SNP launch updates, VMSAs and launch digest that
 // `snpvmm measure --mode snp` computes for it, with and without the
 // kernel-hashes page of a measured direct boot.
+import GuestMemfd
+import LaunchMeasurement
 import Populate
 
 @_cdecl("LLVMFuzzerTestOneInput")

@@ -1,6 +1,8 @@
 // libFuzzer target: the launch-plan text decoder (`LaunchPlan(text:)`) and
 // plan validation against a guest with a hole below 4 GiB. A plan that
 // validates must hold the rules validation promises.
+import GuestMemfd
+import LaunchMeasurement
 import Populate
 
 @_cdecl("LLVMFuzzerTestOneInput")

@@ -1,6 +1,8 @@
 // libFuzzer target: a TDVF image's footer table and TDX metadata
 // (TDVFImage), then MRTD over its sections, as `snpvmm measure --mode tdx`
 // computes it.
+import GuestMemfd
+import LaunchMeasurement
 import Populate
 
 @_cdecl("LLVMFuzzerTestOneInput")

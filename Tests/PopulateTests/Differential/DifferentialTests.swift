@@ -1,6 +1,7 @@
 import CKVMHeaders
 import Foundation
 import GuestMemfd
+import LaunchMeasurement
 import KVMFake
 import Testing
 

@@ -1,5 +1,6 @@
 import CKVMHeaders
 import GuestMemfd
+import LaunchMeasurement
 import KVMFake
 import Testing
 
@@ -31,7 +32,7 @@ struct FakeSNPGuest {
 
     /// Populates `bytes` at `gpa` from a separate, page-aligned source,
     /// looping on the kernel's write-back.
-    func populate(_ bytes: [UInt8], at gpa: UInt64, type: SNPPageType = .normal) throws {
+    func populate(_ bytes: [UInt8], at gpa: UInt64, type: SNPLaunchUpdate.PageType = .normal) throws {
         let source = AlignedBuffer(bytes)
         var update = SNPLaunchUpdate(gfnStart: gpa / pageSize, sourceAddress: source.address,
                                      length: UInt64(bytes.count), type: type)

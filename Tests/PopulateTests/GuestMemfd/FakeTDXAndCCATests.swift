@@ -1,5 +1,6 @@
 import CKVMHeaders
 import GuestMemfd
+import LaunchMeasurement
 import KVMFake
 import Populate
 import Testing

@@ -1,4 +1,5 @@
 import GuestMemfd
+import LaunchMeasurement
 import Populate
 import Testing
 

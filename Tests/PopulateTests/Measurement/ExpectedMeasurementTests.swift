@@ -1,4 +1,5 @@
 import GuestMemfd
+import LaunchMeasurement
 import Populate
 import Testing
 
@@ -59,7 +60,7 @@ extension MeasurementTests {
             for region in plan.regions {
                 var bytes = [UInt8](repeating: 0, count: Int(region.range.size))
                 if case .bytes(let contents) = region.contents { bytes.replaceSubrange(0..<contents.count, with: contents) }
-                let type: SNPPageType = region.kind == .normal ? .normal : region.kind == .zero ? .zero : .unmeasured
+                let type: SNPLaunchUpdate.PageType = region.kind == .normal ? .normal : region.kind == .zero ? .zero : .unmeasured
                 try guest.populate(bytes, at: region.range.start.rawValue, type: type)
             }
             #expect(guest.fake.launchMeasurement(of: guest.vm) == (try plan.expectedSNPLaunchDigest(vmsas: [])).bytes)

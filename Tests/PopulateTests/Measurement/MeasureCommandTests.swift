@@ -1,5 +1,6 @@
 import Foundation
 import GuestMemfd
+import LaunchMeasurement
 import Populate
 import Testing
 

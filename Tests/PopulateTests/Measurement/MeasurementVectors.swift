@@ -1,6 +1,7 @@
 import Fixtures
 import Foundation
 import GuestMemfd
+import LaunchMeasurement
 import Populate
 import Testing
 

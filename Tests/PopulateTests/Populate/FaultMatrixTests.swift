@@ -1,4 +1,5 @@
 import GuestMemfd
+import LaunchMeasurement
 import KVMFake
 @testable import GuestMemfd
 @testable import Populate

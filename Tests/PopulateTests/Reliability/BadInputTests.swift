@@ -1,6 +1,7 @@
 import Fixtures
 import Foundation
 import GuestMemfd
+import LaunchMeasurement
 @testable import Populate
 @testable import snpvmm
 import Testing

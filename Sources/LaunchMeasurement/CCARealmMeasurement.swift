@@ -1,4 +1,3 @@
-import GuestMemfd
 /// The hash algorithm of a realm's measurements (RmiHashAlgorithm).
 public enum CCAHashAlgorithm: UInt8, Sendable, CaseIterable {
     case sha256 = 0

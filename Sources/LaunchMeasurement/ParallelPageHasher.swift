@@ -1,11 +1,10 @@
-import GuestMemfd
 import Dispatch
 
 /// Hashes consecutive 4 KiB pages on all cores and folds the hashes into a
 /// chain in page order. Page hashes are independent of each other; only the
 /// chain is ordered, so it runs on one thread while the other threads hash
 /// the next batch.
-enum ParallelPageHasher {
+public enum ParallelPageHasher {
     /// Pages per unit of hashing work handed to one thread.
     static let pagesPerTask = 64
     /// Pages hashed before their digests are chained (16 MiB): bounds the
@@ -15,7 +14,7 @@ enum ParallelPageHasher {
     /// Calls `link(pageIndex, digest)` for every 4096-byte page of `bytes`
     /// (whose count is a multiple of 4096), in page order, one call at a time.
     /// `hash` runs concurrently on all cores and returns `digestLength` bytes.
-    static func forEachPageDigest(_ bytes: UnsafeRawBufferPointer, digestLength: Int,
+    public static func forEachPageDigest(_ bytes: UnsafeRawBufferPointer, digestLength: Int,
                                   hash: @escaping @Sendable (UnsafeRawBufferPointer) -> [UInt8],
                                   link: (Int, UnsafeRawBufferPointer) -> Void) {
         let pageCount = bytes.count / 4096

@@ -1,4 +1,3 @@
-import GuestMemfd
 /// The vCPU signature SEV-SNP guests see: CPUID Fn0000_0001_EAX, which KVM
 /// puts in RDX of the initial VMSA.
 ///

@@ -1,5 +1,3 @@
-import GuestMemfd
-import CKVMHeaders
 
 /// The VMM whose initial vCPU state an SNP measurement assumes. They differ
 /// in a few VMSA registers and in how some metadata sections are measured.
@@ -14,8 +12,7 @@ public enum SNPVMMType: String, Sendable, CaseIterable {
 /// The register values are sev-snp-measure's `vmsa.py` `build_save_area`
 /// (`snp-launch-digest.md` §6): the x86 reset state KVM gives a vCPU, with
 /// EFER.SVME and CR4.MCE that KVM sets, and the per-VMM differences. The
-/// page itself is laid out by GuestMemfd's `SNPVMSA` (APM vol. 2 table B-4),
-/// the same code the fake SNP firmware measures vCPUs with.
+/// page itself is laid out by `SNPVMSA` (APM vol. 2 table B-4).
 public enum SNPInitialVMSA {
     /// The BSP starts at the reset vector.
     public static let bspEIP: UInt32 = 0xFFFF_FFF0
@@ -27,18 +24,6 @@ public enum SNPInitialVMSA {
     ///   - sevFeatures: the SEV_FEATURES word (`--guest-features`), copied verbatim.
     ///   - vcpuSignature: CPUID Fn0000_0001_EAX, which QEMU puts in RDX.
     public static func page(eip: UInt32, sevFeatures: UInt64, vcpuSignature: UInt64, vmmType: SNPVMMType) -> [UInt8] {
-        // vmcb_seg attributes are the descriptor's type, S, DPL, P, AVL, L, D/B, G bits.
-        func segment(selector: UInt16, attributes: UInt16, base: UInt64 = 0) -> kvm_segment {
-            var segment = kvm_segment()
-            segment.selector = selector
-            segment.limit = 0xFFFF
-            segment.base = base
-            segment.type = UInt8(attributes & 0xF)
-            segment.s = UInt8(attributes >> 4 & 1)
-            segment.dpl = UInt8(attributes >> 5 & 3)
-            segment.present = UInt8(attributes >> 7 & 1)
-            return segment
-        }
         // EC2's BSP code segment is not yet accessed; EC2 and GCE report a
         // fixed RDX and leave MXCSR and FCW zero; GCE overwrites G_PAT.
         var csAttributes: UInt16 = 0x9B, ssAttributes: UInt16 = 0x93, trAttributes: UInt16 = 0x8B
@@ -55,25 +40,22 @@ public enum SNPInitialVMSA {
             gPAT = 0x0007_0106
             (rdx, mxcsr, fcw) = (0x600, 0, 0)
         }
-        var sregs = kvm_sregs()
-        sregs.es = segment(selector: 0, attributes: 0x93)
-        sregs.cs = segment(selector: 0xF000, attributes: csAttributes, base: UInt64(eip & 0xFFFF_0000))
-        sregs.ss = segment(selector: 0, attributes: ssAttributes)
-        sregs.ds = segment(selector: 0, attributes: 0x93)
-        sregs.fs = segment(selector: 0, attributes: 0x93)
-        sregs.gs = segment(selector: 0, attributes: 0x93)
-        sregs.ldt = segment(selector: 0, attributes: 0x82)
-        sregs.tr = segment(selector: 0, attributes: trAttributes)
-        sregs.gdt.limit = 0xFFFF
-        sregs.idt.limit = 0xFFFF
-        sregs.efer = 0x1000 // EFER.SVME, which KVM sets
-        sregs.cr4 = 0x40    // CR4.MCE, which KVM sets
-        sregs.cr0 = 0x10    // CR0.ET
-        var regs = kvm_regs()
-        regs.rflags = 0x2
-        regs.rip = UInt64(eip & 0xFFFF)
-        regs.rdx = rdx
-        var vmsa = SNPVMSA(regs: regs, sregs: sregs, sevFeatures: sevFeatures)
+        var vmsa = SNPVMSA()
+        let flat = { (attributes: UInt16) in VMSASegment(attributes: attributes, limit: 0xFFFF) }
+        (vmsa.es, vmsa.ds, vmsa.fs, vmsa.gs) = (flat(0x93), flat(0x93), flat(0x93), flat(0x93))
+        vmsa.cs = VMSASegment(selector: 0xF000, attributes: csAttributes, limit: 0xFFFF, base: UInt64(eip & 0xFFFF_0000))
+        vmsa.ss = flat(ssAttributes)
+        vmsa.ldtr = flat(0x82)
+        vmsa.tr = flat(trAttributes)
+        vmsa.gdtr.limit = 0xFFFF
+        vmsa.idtr.limit = 0xFFFF
+        vmsa.efer = 0x1000 // EFER.SVME, which KVM sets
+        vmsa.cr4 = 0x40    // CR4.MCE, which KVM sets
+        vmsa.cr0 = 0x10    // CR0.ET
+        vmsa.rflags = 0x2
+        vmsa.rip = UInt64(eip & 0xFFFF)
+        vmsa.rdx = rdx
+        vmsa.sevFeatures = sevFeatures
         vmsa.pat = gPAT
         vmsa.mxcsr = mxcsr
         vmsa.x87ControlWord = fcw

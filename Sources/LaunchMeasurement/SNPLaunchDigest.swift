@@ -1,4 +1,3 @@
-import GuestMemfd
 /// The SEV-SNP launch digest: the chain of PAGE_INFO hashes the firmware
 /// folds every launched page into, whose last value is the MEASUREMENT of
 /// the attestation report.
@@ -48,8 +47,7 @@ public struct SNPLaunchDigest: Sendable, Equatable {
     /// Adds one page whose contents hash is already known (nil for the page
     /// types that carry none). This is the link the batch forms use after
     /// hashing pages in parallel.
-    /// The link itself is GuestMemfd's `snpPageInfoDigest`, the same one
-    /// the fake SNP firmware extends its launch digest with.
+    /// The link itself is `snpPageInfoDigest`.
     public mutating func addPage(gpa: UInt64, type: SNPPageType, contentsDigest: SHA384Digest?) {
         value = snpPageInfoDigest(current: value, contentsHash: contentsDigest, type: type, gpa: gpa)
     }

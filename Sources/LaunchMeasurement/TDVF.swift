@@ -1,4 +1,3 @@
-import GuestMemfd
 /// The kind of one TDVF metadata section. Source: TDVF design guide,
 /// "TDVF metadata"; QEMU `hw/i386/tdvf.c`, which accepts these four.
 public struct TDVFSectionType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {

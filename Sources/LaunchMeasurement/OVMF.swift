@@ -1,4 +1,3 @@
-import GuestMemfd
 /// An EFI GUID, held in the mixed-endian byte order firmware stores it in
 /// (the first three fields little-endian, the last eight bytes as written;
 /// Python's `uuid.bytes_le`).

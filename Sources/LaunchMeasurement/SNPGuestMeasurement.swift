@@ -1,4 +1,3 @@
-import GuestMemfd
 /// The launch measurement of an SEV-SNP guest booted from OVMF, computed the
 /// way sev-snp-measure 0.0.13 computes it (`guest.py`
 /// `snp_calc_launch_digest`; `snp-launch-digest.md` §3), so that the two

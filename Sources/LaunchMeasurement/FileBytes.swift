@@ -1,4 +1,3 @@
-import GuestMemfd
 #if canImport(Glibc)
 import Glibc
 #endif

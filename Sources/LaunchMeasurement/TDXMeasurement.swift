@@ -1,4 +1,3 @@
-import GuestMemfd
 /// MRTD, the build-time measurement of an Intel TDX trust domain.
 ///
 /// MRTD is one running SHA-384 hash, not an extend chain: TDH.MNG.INIT opens
@@ -47,7 +46,7 @@ public struct TDXMeasurement: ~Copyable {
     }
 
     /// `addPage` for a page-aligned GPA and 4096 bytes of contents (or nil).
-    mutating func addCheckedPage(gpa: UInt64, contents: UnsafeRawBufferPointer?, measure: Bool) {
+    public mutating func addCheckedPage(gpa: UInt64, contents: UnsafeRawBufferPointer?, measure: Bool) {
         pageAdd(gpa: gpa)
         guard measure else { return }
         let zeros = [UInt8](repeating: 0, count: Self.extendChunkSize)

@@ -29,9 +29,6 @@ public struct SHA384Digest: Hashable, Sendable, CustomStringConvertible {
 
 /// SHA-384 from OpenSSL's libcrypto (EVP interface).
 ///
-/// It lives beside the KVM objects because the fake platform firmware
-/// measures with it too; `Populate` uses the same type.
-///
 /// One instance hashes one message: `update` any number of times, then
 /// `finalize` once. Not shared between threads.
 public final class SHA384 {

@@ -1,4 +1,3 @@
-import GuestMemfd
 /// A realm that boots an arm64 Linux kernel directly: Image, optional
 /// initrd and a DTB loaded into RAM, and one runnable REC entering the
 /// kernel with x0 = the DTB address.

@@ -1,4 +1,3 @@
-import GuestMemfd
 /// The SEV kernel-hashes table QEMU places in guest memory for measured
 /// direct boot, and which OVMF checks the kernel, initrd and command line
 /// against. Under SNP the page holding it is measured as a NORMAL page.
