@@ -14,14 +14,8 @@ public struct EFIGUID: Hashable, Sendable, CustomStringConvertible {
     /// A GUID from its text form, e.g. "96b582de-1fb2-45f7-baea-a366c55a082d".
     /// Only for constants: traps on malformed text.
     public init(_ text: StaticString) {
-        let digits = "\(text)".filter { $0 != "-" }
-        precondition(digits.count == 32, "a GUID has 32 hex digits")
-        var canonical = [UInt8]()
-        var index = digits.startIndex
-        while index < digits.endIndex {
-            let next = digits.index(index, offsetBy: 2)
-            canonical.append(UInt8(digits[index..<next], radix: 16)!)
-            index = next
+        guard let canonical = Hex.decode("\(text)".filter { $0 != "-" }), canonical.count == 16 else {
+            preconditionFailure("a GUID has 32 hex digits")
         }
         bytes = canonical[0..<4].reversed() + canonical[4..<6].reversed() + canonical[6..<8].reversed()
             + canonical[8..<16]
@@ -30,8 +24,8 @@ public struct EFIGUID: Hashable, Sendable, CustomStringConvertible {
     /// The text form, lower case.
     public var description: String {
         let canonical = bytes[0..<4].reversed() + bytes[4..<6].reversed() + bytes[6..<8].reversed() + bytes[8..<16]
-        let hex = canonical.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }
-        return [hex[0..<4], hex[4..<6], hex[6..<8], hex[8..<10], hex[10..<16]].map { $0.joined() }.joined(separator: "-")
+        return [canonical[0..<4], canonical[4..<6], canonical[6..<8], canonical[8..<10], canonical[10..<16]]
+            .map { Hex.encode($0) }.joined(separator: "-")
     }
 }
 
@@ -145,7 +139,7 @@ public enum OVMFError: Error, Equatable, Sendable, CustomStringConvertible {
         case .metadataOutsideImage(let offsetFromEnd, let imageSize):
             return "Invalid SEV metadata offset: \(hex(offsetFromEnd)) from the end does not leave a 16-byte header inside the \(imageSize)-byte image"
         case .wrongMetadataSignature(let found, let offset):
-            let text = found.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: " ")
+            let text = Hex.encode(found, separator: " ")
             return "Wrong SEV metadata signature: expected 'ASEV' at image offset \(hex(offset)), found \(text)"
         case .wrongMetadataVersion(let version):
             return "Wrong SEV metadata version: \(version), expected 1"

@@ -13,16 +13,7 @@ public struct SHA384Digest: Hashable, Sendable, CustomStringConvertible {
     public static let zero = SHA384Digest(bytes: [UInt8](repeating: 0, count: 48))
 
     /// Lower-case hexadecimal, 96 characters.
-    public var hex: String {
-        let digits = Array("0123456789abcdef".utf8)
-        var text = [UInt8]()
-        text.reserveCapacity(96)
-        for byte in bytes {
-            text.append(digits[Int(byte >> 4)])
-            text.append(digits[Int(byte & 0xF)])
-        }
-        return String(decoding: text, as: UTF8.self)
-    }
+    public var hex: String { Hex.encode(bytes) }
 
     public var description: String { hex }
 }

@@ -1,3 +1,4 @@
+import LaunchMeasurement
 import GuestMemfd
 /// One launch operation as data: enough, with the others, for a verifier to
 /// recompute the launch measurement without trusting this process.
@@ -21,9 +22,9 @@ public struct LedgerRecord: Sendable, Equatable {
     public var json: String {
         var fields = [
             "\"call\":\"\(call)\"", "\"gpa\":\"0x\(String(gpa, radix: 16))\"", "\"pages\":\(pages)",
-            "\"type\":\"\(type)\"", "\"page_hashes\":[\(pageHashes.map { "\"\(hex($0))\"" }.joined(separator: ","))]",
+            "\"type\":\"\(type)\"", "\"page_hashes\":[\(pageHashes.map { "\"\(Hex.encode($0))\"" }.joined(separator: ","))]",
         ]
-        fields.append("\"digest\":" + (digest.map { "\"\(hex($0))\"" } ?? "null"))
+        fields.append("\"digest\":" + (digest.map { "\"\(Hex.encode($0))\"" } ?? "null"))
         return "{" + fields.joined(separator: ",") + "}"
     }
 }
@@ -39,19 +40,8 @@ public struct Ledger: Sendable, Equatable {
     /// JSON lines: one object per operation, then one with the measurement.
     public var jsonLines: String {
         var lines = records.map(\.json)
-        let measured = measurement.map { "\"\(hex($0))\"" } ?? "null"
+        let measured = measurement.map { "\"\(Hex.encode($0))\"" } ?? "null"
         lines.append("{\"call\":\"LAUNCH_MEASUREMENT\",\"platform\":\"\(platform.rawValue)\",\"algorithm\":\"\(algorithm.rawValue)\",\"measurement\":\(measured)}")
         return lines.joined(separator: "\n") + "\n"
     }
-}
-
-func hex(_ bytes: [UInt8]) -> String {
-    let digits = Array("0123456789abcdef".utf8)
-    var text = [UInt8]()
-    text.reserveCapacity(bytes.count * 2)
-    for byte in bytes {
-        text.append(digits[Int(byte >> 4)])
-        text.append(digits[Int(byte & 0xF)])
-    }
-    return String(decoding: text, as: UTF8.self)
 }

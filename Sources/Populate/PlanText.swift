@@ -1,3 +1,4 @@
+import LaunchMeasurement
 import GuestMemfd
 /// A launch plan written as text, one region a line, for plans kept in files:
 ///
@@ -43,15 +44,11 @@ extension LaunchPlan {
                 guard fields.count == 6, fields[5].count % 2 == 0 else {
                     throw fail("'hex' of region '\(name)' needs one even-length string of hex digits")
                 }
-                var bytes: [UInt8] = []
-                var position = fields[5].startIndex
-                while position < fields[5].endIndex {
-                    let next = fields[5].index(position, offsetBy: 2)
-                    guard let byte = UInt8(fields[5][position..<next], radix: 16) else {
-                        throw fail("'\(fields[5][position..<next])' in the hex of region '\(name)' is not a byte")
-                    }
-                    bytes.append(byte)
-                    position = next
+                guard let bytes = Hex.decode(fields[5]) else {
+                    let digits = Array(fields[5])
+                    let pair = stride(from: 0, to: digits.count, by: 2).map { String(digits[$0..<($0 + 2)]) }
+                        .first { Hex.decode($0) == nil } ?? String(fields[5])
+                    throw fail("'\(pair)' in the hex of region '\(name)' is not a byte")
                 }
                 contents = .bytes(bytes)
             case "file":

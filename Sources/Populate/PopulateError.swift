@@ -1,3 +1,4 @@
+import LaunchMeasurement
 import GuestMemfd
 /// Why a population stopped, and exactly how far it got.
 public struct PopulateError: Error, Sendable, CustomStringConvertible {
@@ -44,7 +45,7 @@ public struct PopulateError: Error, Sendable, CustomStringConvertible {
         case .noProgress(let call, let gpa):
             text = "\(call) at \(GuestPhysicalAddress(gpa)) returned success without populating anything"
         case .measurementMismatch(let expected, let reported, let page):
-            text = "the platform's launch measurement \(hex(reported)) differs from the plan's \(hex(expected))"
+            text = "the platform's launch measurement \(Hex.encode(reported)) differs from the plan's \(Hex.encode(expected))"
             if let page { text += "; the first diverging page is at \(GuestPhysicalAddress(page))" }
         }
         if let region { text = "region '\(region)': " + text }

@@ -61,7 +61,7 @@ enum SNPLaunch {
 enum LaunchReport {
     static func print(_ result: PopulateResult, label: String, ledgerPath: String?) throws(PopulateFailure) {
         var standardError = StandardError()
-        let measurement = result.expectedMeasurement.map { SHA384Digest.hexString($0) } ?? "none"
+        let measurement = result.expectedMeasurement.map { Hex.encode($0) } ?? "none"
         Swift.print("snpvmm: \(label) launch measurement \(measurement)", to: &standardError)
         for line in result.report.description.split(separator: "\n") { Swift.print("snpvmm:   \(line)", to: &standardError) }
         guard let ledgerPath else { return }

@@ -108,7 +108,7 @@ enum MeasureCommand {
         let image = try OVMFImage(path: ovmfPath)
         var firmwareDigest: SHA384Digest?
         if let text = values["--snp-ovmf-hash"], !text.isEmpty {
-            guard let bytes = hexBytes(text), bytes.count == 48 else {
+            guard let bytes = Hex.decode(text), bytes.count == 48 else {
                 throw MeasureFailure("--snp-ovmf-hash needs 96 hex digits (a 48-byte SHA-384 digest), got '\(text)'")
             }
             firmwareDigest = SHA384Digest(bytes: bytes)
@@ -185,7 +185,7 @@ enum MeasureCommand {
     /// Prints a measurement as sev-snp-measure does: hex or base64, with a
     /// "Calculated … measurement:" prefix under -v.
     static func printMeasurement(_ bytes: [UInt8], label: String, _ values: [String: String]) {
-        let text = values["--output-format"] == "base64" ? base64(bytes) : SHA384Digest.hexString(bytes)
+        let text = values["--output-format"] == "base64" ? base64(bytes) : Hex.encode(bytes)
         print(values["--verbose"] != nil ? "Calculated \(label): \(text)" : text)
     }
 
@@ -201,21 +201,6 @@ enum MeasureCommand {
         return .failure
     }
 
-    /// Python's `bytes.fromhex`: pairs of hex digits, whitespace allowed between pairs.
-    static func hexBytes(_ text: String) -> [UInt8]? {
-        var bytes = [UInt8](), pending: UInt8?
-        for character in text.unicodeScalars {
-            if character.properties.isWhitespace, pending == nil { continue }
-            guard let digit = UInt8(String(character), radix: 16) else { return nil }
-            if let high = pending {
-                bytes.append(high << 4 | digit)
-                pending = nil
-            } else {
-                pending = digit
-            }
-        }
-        return pending == nil ? bytes : nil
-    }
 
     /// A size in bytes with an optional K, M or G (binary) suffix.
     static func parseSize(_ text: String) -> UInt64? { SizeArgument(text).value }
@@ -245,12 +230,6 @@ enum MeasureCommand {
     }
 }
 
-extension SHA384Digest {
-    /// Lower-case hex of any byte string.
-    static func hexString(_ bytes: [UInt8]) -> String {
-        bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
-    }
-}
 
 /// A command-line mistake: reported as argparse reports it, with exit status 2.
 struct UsageError: Error {

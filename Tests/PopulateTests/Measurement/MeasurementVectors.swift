@@ -33,8 +33,7 @@ enum MeasurementVectors {
         init(from decoder: Decoder) throws {
             var container = try decoder.unkeyedContainer()
             offset = try container.decode(Int.self)
-            let hex = Array(try container.decode(String.self).utf8)
-            bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(decoding: hex[$0..<($0 + 2)], as: UTF8.self), radix: 16)! }
+            bytes = Hex.decode(try container.decode(String.self)) ?? []
         }
     }
 
@@ -121,7 +120,6 @@ enum SNPVMMExecutable {
 extension MeasurementVectors {
     /// Decodes lower-case hex.
     static func hexDecoded(_ text: String) -> [UInt8] {
-        let digits = Array(text.utf8)
-        return stride(from: 0, to: digits.count, by: 2).map { UInt8(String(decoding: digits[$0..<($0 + 2)], as: UTF8.self), radix: 16)! }
+        Hex.decode(text)!
     }
 }

@@ -412,16 +412,7 @@ final class LockedStrings: @unchecked Sendable {
     var values: [String] { lock.withLock { strings } }
 }
 
-func hexBytes(_ text: String) -> [UInt8] {
-    var bytes: [UInt8] = []
-    var index = text.startIndex
-    while index < text.endIndex {
-        let next = text.index(index, offsetBy: 2)
-        bytes.append(UInt8(text[index..<next], radix: 16)!)
-        index = next
-    }
-    return bytes
-}
+func hexBytes(_ text: String) -> [UInt8] { Hex.decode(text)! }
 
 /// One PAGE_INFO step from `start`, with a given contents hash.
 func expectedSNPDigest(start: [UInt8], _ pages: [(gpa: UInt64, type: UInt8, contents: [UInt8]?)], contentsHash: [UInt8]?) -> [UInt8] {
