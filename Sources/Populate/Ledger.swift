@@ -18,6 +18,15 @@ public struct LedgerRecord: Sendable, Equatable {
     /// one (the SNP launch digest, the CCA RIM); MRTD is one hash and has none.
     public var digest: [UInt8]?
 
+    public init(call: String, gpa: UInt64, pages: UInt64, type: String, pageHashes: [[UInt8]], digest: [UInt8]?) {
+        self.call = call
+        self.gpa = gpa
+        self.pages = pages
+        self.type = type
+        self.pageHashes = pageHashes
+        self.digest = digest
+    }
+
     /// The record as one JSON object.
     public var json: String {
         var fields = [

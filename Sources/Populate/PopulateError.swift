@@ -13,6 +13,9 @@ public struct PopulateError: Error, Sendable, CustomStringConvertible {
         case kernel(KVMError)
         /// A call returned success without doing anything.
         case noProgress(call: String, gpa: UInt64)
+        /// The firmware refused a page's contents and said what it would accept
+        /// (an SNP CPUID page), and the caller did not opt in to its values.
+        case firmwareCorrected(KVMError, corrections: String)
         /// The platform's measurement differs from the one computed from the plan.
         case measurementMismatch(expected: [UInt8], reported: [UInt8], firstDivergingPage: UInt64?)
     }
@@ -31,8 +34,10 @@ public struct PopulateError: Error, Sendable, CustomStringConvertible {
 
     /// The KVM error behind the failure, if a kernel call failed.
     public var kernelError: KVMError? {
-        if case .kernel(let error) = reason { return error }
-        return nil
+        switch reason {
+        case .kernel(let error), .firmwareCorrected(let error, _): error
+        default: nil
+        }
     }
 
     public var description: String {
@@ -42,6 +47,8 @@ public struct PopulateError: Error, Sendable, CustomStringConvertible {
         case .policy(let why): return why
         case .contents(let why): text = why
         case .kernel(let error): text = error.description
+        case .firmwareCorrected(let error, let corrections):
+            text = "\(error); \(corrections.replacingNewlines); set PopulateOptions.acceptCorrectedPages to populate with the firmware's values"
         case .noProgress(let call, let gpa):
             text = "\(call) at \(GuestPhysicalAddress(gpa)) returned success without populating anything"
         case .measurementMismatch(let expected, let reported, let page):
@@ -54,4 +61,9 @@ public struct PopulateError: Error, Sendable, CustomStringConvertible {
         if !madePrivate.isEmpty { text += "; made private: " + madePrivate.map(\.description).joined(separator: ", ") }
         return text
     }
+}
+
+extension String {
+    /// The text on one line, its lines joined with "; ".
+    var replacingNewlines: String { split(separator: "\n").joined(separator: "; ") }
 }

@@ -32,17 +32,43 @@ public enum MeasurementAlgorithm: String, Sendable {
 /// What a platform can do, answered before any population starts. A
 /// missing operation is an answer here, never a trap later.
 public struct PlatformCapabilities: Sendable, Equatable {
+    /// The platform's name, for reports and ledgers.
     public var platform: Platform
+    /// Guest memory becomes private before it is populated; false for a
+    /// default VM, whose memory the host simply writes.
+    public var privateMemory: Bool
     /// The platform can populate a page from its own contents (no source),
     /// after the host wrote it while shared and converted it preserving them.
     public var populatesInPlace: Bool
+    /// Why in-place population is unavailable, where it is.
+    public var inPlaceUnavailable: String?
     /// The platform can populate from a separate source buffer.
     public var populatesFromSource: Bool
     /// The granule population works in.
     public var granularity: UInt64
-    public var measurement: MeasurementAlgorithm
     /// Kinds the platform has a page type for.
     public var kinds: Set<PageKind>
+    /// Kinds whose pages need no population call (CCA: delegated granules are already zero).
+    public var kindsWithoutCall: Set<PageKind>
+    /// Kinds whose population calls take no source (SNP ZERO pages: the firmware clears them).
+    public var kindsWithoutSource: Set<PageKind>
+    /// ioctls the launch finish issues.
+    public var finishCalls: Int
+
+    public init(platform: Platform, privateMemory: Bool = true, populatesInPlace: Bool, inPlaceUnavailable: String? = nil,
+                populatesFromSource: Bool, granularity: UInt64 = pageSize, kinds: Set<PageKind>,
+                kindsWithoutCall: Set<PageKind> = [], kindsWithoutSource: Set<PageKind> = [], finishCalls: Int = 1) {
+        self.platform = platform
+        self.privateMemory = privateMemory
+        self.populatesInPlace = populatesInPlace
+        self.inPlaceUnavailable = inPlaceUnavailable
+        self.populatesFromSource = populatesFromSource
+        self.granularity = granularity
+        self.kinds = kinds
+        self.kindsWithoutCall = kindsWithoutCall
+        self.kindsWithoutSource = kindsWithoutSource
+        self.finishCalls = finishCalls
+    }
 }
 
 /// One population call: a contiguous run of one kind.
@@ -52,6 +78,13 @@ public struct PopulateCall: Sendable, Equatable {
     public var pages: UInt64
     /// The source buffer's address, or 0 to populate in place.
     public var source: UInt64
+
+    public init(kind: PageKind, gpa: UInt64, pages: UInt64, source: UInt64) {
+        self.kind = kind
+        self.gpa = gpa
+        self.pages = pages
+        self.source = source
+    }
 }
 
 /// What one population call did: the pages the kernel reports done (from
@@ -59,33 +92,65 @@ public struct PopulateCall: Sendable, Equatable {
 public struct PopulateStep: Sendable {
     public var pagesDone: UInt64
     public var error: KVMError?
+
+    public init(pagesDone: UInt64, error: KVMError? = nil) {
+        self.pagesDone = pagesDone
+        self.error = error
+    }
+}
+
+/// What the engine does after a population call failed.
+public enum CallFailure: Sendable, Equatable {
+    /// Nothing was lost (a signal, a busy page): send the rest again.
+    case transient
+    /// The firmware rejected the source's contents and wrote the values it
+    /// would accept back into the source (an SNP CPUID page). The engine
+    /// reports the difference, and sends the corrected page again only
+    /// when `PopulateOptions.acceptCorrectedPages` says so.
+    case sourceCorrected
+    /// The call failed for good.
+    case fatal
 }
 
 /// One platform's population operations, implemented on the typed KVM
 /// objects of `GuestMemfd`, so the same code runs over any kernel interface.
+/// The engine (`Populator`) knows no platform: everything that differs
+/// between them is answered here.
 public protocol PopulationBackend: AnyObject {
     var capabilities: PlatformCapabilities { get }
 
     /// The name the ledger gives this platform's population call.
     var callName: String { get }
 
-    /// Makes `range` private before it is populated. In place, guest_memfd
-    /// converts the pages keeping the bytes the host wrote; otherwise the
-    /// VM-wide attribute changes.
-    func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError)
+    /// Makes `range` private before it is populated.
+    func makePrivate(_ range: GuestRange) throws(KVMError)
 
     /// Issues one population call; the kernel may do less than asked.
     func populate(_ call: PopulateCall) -> PopulateStep
 
+    /// Says how to go on after `error` stopped `call`.
+    func classify(_ error: KVMError, in call: PopulateCall) -> CallFailure
+
     /// Closes the launch: afterwards the guest can run and nothing more is measured.
     func finish() throws(KVMError)
 
-    /// The SEV-SNP VMSA pages KVM will measure at finish, in vCPU order.
-    func vmsaPages() throws(KVMError) -> [[UInt8]]
+    /// A new accumulator of the launch measurement this platform keeps.
+    func makeMeasurement() -> any LaunchMeasurer
+
+    /// What the firmware changed when it corrected a source page (`CallFailure.sourceCorrected`).
+    func describeCorrection(of call: PopulateCall, original: [UInt8], corrected: [UInt8]) -> String
 }
 
 extension PopulationBackend {
-    public func vmsaPages() throws(KVMError) -> [[UInt8]] { [] }
+    public func describeCorrection(of call: PopulateCall, original: [UInt8], corrected: [UInt8]) -> String {
+        let changed = zip(original, corrected).filter { $0 != $1 }.count
+        return "the firmware rewrote \(changed) bytes of the source page for \(GuestPhysicalAddress(call.gpa))"
+    }
+
+    /// A signal (EINTR) or a busy page (EAGAIN) loses nothing.
+    public func classify(_ error: KVMError, in call: PopulateCall) -> CallFailure {
+        error.errno == .interrupted || error.errno == .resourceTemporarilyUnavailable ? .transient : .fatal
+    }
 }
 
 /// A page the platform measured, and the measurement after it.

@@ -24,8 +24,12 @@ public struct PopulateOptions: Sendable {
     /// EINTR or EAGAIN answers accepted in a row before giving up; each
     /// resumes from the progress the kernel wrote back.
     public var interruptionLimit = 16
-    /// Retries of an SNP CPUID page with the firmware's corrected values.
-    public var cpuidRetryLimit = 1
+    /// When the firmware refuses a page and writes the values it would
+    /// accept into the source (an SNP CPUID page), populate it again with
+    /// them. Off by default, as in QEMU, which reports the differing CPUID
+    /// leaves and fails: the firmware's values are not the ones the VMM
+    /// meant the guest to see, and only the caller can accept them.
+    public var acceptCorrectedPages = false
     /// The largest single population call, in bytes; a multiple of 2 MiB so
     /// that whole 2 MiB runs are never split.
     public var maximumCallBytes: UInt64 = 64 << 20
@@ -73,20 +77,18 @@ public final class Populator {
     public func policy() throws(PopulateError) -> PopulationPolicy {
         let capabilities = backend.capabilities
         let mapped = memory.slots.allSatisfy { $0.mapping != nil }
-        if capabilities.platform == .plain || (options.policy == .inPlace && capabilities.populatesInPlace) {
-            if let unmapped = memory.slots.first(where: { $0.mapping == nil }) {
-                throw PopulateError(.policy("in-place population writes through the slot's host mapping, and the slot at \(unmapped.range) has none"))
-            }
+        let chosen: PopulationPolicy = capabilities.privateMemory
+            ? options.policy ?? (capabilities.populatesInPlace && mapped ? .inPlace : .separateSource)
+            : .inPlace
+        if chosen == .inPlace, let unmapped = memory.slots.first(where: { $0.mapping == nil }) {
+            throw PopulateError(.policy("in-place population writes through the slot's host mapping, and the slot at \(unmapped.range) has none"))
         }
-        if capabilities.platform == .plain { return .inPlace }
+        guard capabilities.privateMemory else { return chosen }
         if let unbacked = memory.slots.first(where: { $0.memfd == nil }) {
             throw PopulateError(.policy("\(capabilities.platform) keeps guest memory private in guest_memfd, and the slot at \(unbacked.range) is shared memory without one"))
         }
-        let chosen = options.policy ?? (capabilities.populatesInPlace && mapped ? .inPlace : .separateSource)
         if chosen == .inPlace, !capabilities.populatesInPlace {
-            let why = capabilities.platform == .cca
-                ? "delegating a granule to the realm scrubs it, so CCA always copies from a separate source"
-                : "this host's guest_memfd cannot convert in place (no KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES)"
+            let why = capabilities.inPlaceUnavailable ?? "the platform has no in-place population"
             throw PopulateError(.policy("\(capabilities.platform) cannot populate in place: \(why)"))
         }
         return chosen
@@ -112,20 +114,21 @@ public final class Populator {
         let policy = try policy()
         clock.lap("validate")
 
-        var state = PopulationState(platform: capabilities.platform, algorithm: capabilities.measurement, policy: policy)
+        let measurement = backend.makeMeasurement()
+        var state = PopulationState(platform: capabilities.platform, algorithm: measurement.algorithm, policy: policy)
         state.report.backing = memory.backing?.description
-        var tdx = TDXMeasurement()
-        var cca = CCARealmMeasurement(parameters: (backend as? CCABackend)?.parameters ?? CCABackend.defaultParameters)
         for (index, region) in plan.regions.enumerated() {
-            if capabilities.platform == .plain {
+            if !capabilities.privateMemory {
                 try writeInPlace(region, index: index, state: &state)
                 clock.lap("fill")
                 continue
             }
             var contents: [UInt8] = []
-            // SNP ZERO pages from a separate source take no bytes from the
-            // host (the firmware clears them), so none are made for them.
-            var bytesUnused = capabilities.platform == .snp && policy == .separateSource && region.kind == .zero
+            // The copy may hold secrets: it is wiped on every way out, as the source buffers are.
+            defer { contents.wipe() }
+            // Pages whose calls take no source, from a separate source, and
+            // that the plan leaves zero take no bytes from the host.
+            var bytesUnused = policy == .separateSource && capabilities.kindsWithoutSource.contains(region.kind)
             if case .zeros = region.contents {} else { bytesUnused = false }
             if !bytesUnused {
                 do {
@@ -134,40 +137,35 @@ public final class Populator {
                     throw state.failure(.contents(error.description))
                 }
             }
-            let hashes = measuredPageHashes(region, contents)
-            try populateRegion(region, contents: contents, hashes: hashes, state: &state, clock: &clock,
-                               tdx: &tdx, cca: &cca)
+            let hashes = measuredPageHashes(region, contents, measured: measurement.algorithm != .none)
+            try populateRegion(region, contents: contents, hashes: hashes, measurement: measurement, state: &state,
+                               clock: &clock)
         }
 
-        var expected: [UInt8]?
-        switch capabilities.measurement {
-        case .none: expected = nil
-        case .snpLaunchDigest:
-            if options.finish {
-                let vmsas: [[UInt8]]
-                do { vmsas = try backend.vmsaPages() } catch { throw state.failure(.kernel(error)) }
-                for vmsa in vmsas {
-                    state.snp.addPage(gpa: SNPLaunchDigest.vmsaGPA, type: .vmsa, contentsDigest: SHA384.hash(vmsa))
-                }
-                state.ledger.records.append(LedgerRecord(
-                    call: "SNP_LAUNCH_FINISH", gpa: SNPLaunchDigest.vmsaGPA, pages: UInt64(vmsas.count), type: "VMSA",
-                    pageHashes: vmsas.map { SHA384.hash($0).bytes }, digest: state.snp.value.bytes))
+        var atFinish: [UInt8]?
+        if options.finish {
+            do {
+                state.ledger.records += try measurement.finishLaunch()
+                atFinish = measurement.current
+                state.ledger.records += try measurement.firstRun()
+            } catch {
+                throw state.failure(.kernel(error))
             }
-            expected = state.snp.value.bytes
-        case .tdxMRTD: expected = tdx.finalize().bytes
-        case .ccaRealmInitialMeasurement: expected = cca.rim
         }
+        let expected = measurement.algorithm == .none ? nil : measurement.current
         state.ledger.measurement = expected
 
         if options.finish {
             do { try backend.finish() } catch { throw state.failure(.kernel(error)) }
-            state.report.ioctls += capabilities.platform == .plain || capabilities.platform == .cca ? 0 : 1
+            state.report.ioctls += capabilities.finishCalls
         }
         clock.lap("finish")
+        // The platform has measured up to the finish; what it measures at the first run comes later.
         let reported = options.observer?.launchMeasurement()
-        if let expected, let reported, reported != expected {
-            throw state.failure(.measurementMismatch(expected: expected, reported: reported,
-                                                     firstDivergingPage: firstDivergence(state.ledger)))
+        let comparable = options.finish ? atFinish : expected
+        if let comparable, let reported, reported != comparable {
+            throw state.failure(.measurementMismatch(expected: comparable, reported: reported,
+                                                     firstDivergingPage: firstDivergence(measurement.pageLog)))
         }
         state.report.phaseSeconds = clock.laps
         return PopulateResult(report: state.report, ledger: state.ledger, expectedMeasurement: expected,
@@ -175,8 +173,8 @@ public final class Populator {
     }
 
     /// SHA-384 (or the realm's hash) of each page the platform measures by content.
-    private func measuredPageHashes(_ region: PlanRegion, _ contents: [UInt8]) -> [[UInt8]] {
-        guard region.kind == .normal, backend.capabilities.measurement != .none else { return [] }
+    private func measuredPageHashes(_ region: PlanRegion, _ contents: [UInt8], measured: Bool) -> [[UInt8]] {
+        guard region.kind == .normal, measured else { return [] }
         var hashes = [[UInt8]](repeating: [], count: contents.count / Int(pageSize))
         contents.withUnsafeBytes { raw in
             ParallelPageHasher.forEachPageDigest(raw, digestLength: 48, hash: { SHA384.hash($0).bytes }) { page, digest in
@@ -186,17 +184,15 @@ public final class Populator {
         return hashes
     }
 
-    private func populateRegion(_ region: PlanRegion, contents: [UInt8], hashes: [[UInt8]], state: inout PopulationState,
-                                clock: inout PhaseClock, tdx: inout TDXMeasurement, cca: inout CCARealmMeasurement)
-        throws(PopulateError)
-    {
-        let platform = backend.capabilities.platform
-        let range = region.range, pages = range.pageCount
-        state.report.pagesByKind[region.kind, default: 0] += pages
+    private func populateRegion(_ region: PlanRegion, contents: [UInt8], hashes: [[UInt8]], measurement: any LaunchMeasurer,
+                                state: inout PopulationState, clock: inout PhaseClock) throws(PopulateError) {
+        let capabilities = backend.capabilities
+        let range = region.range
+        state.report.pagesByKind[region.kind, default: 0] += range.pageCount
         state.report.countUnits(range)
         let inPlace = state.policy == .inPlace
 
-        // The plain platform, and in place everywhere: the host writes the bytes while shared.
+        // In place, the host writes the bytes while the pages are shared.
         if inPlace {
             try writeThroughMappings(contents, at: range.start.rawValue, state: &state)
             clock.lap("fill")
@@ -204,7 +200,7 @@ public final class Populator {
         var conversionRetries = 0
         while true {
             do {
-                try backend.makePrivate(range, inPlace: inPlace)
+                try backend.makePrivate(range)
                 break
             } catch {
                 // A conversion is all or nothing, so after EAGAIN (a page still
@@ -219,46 +215,24 @@ public final class Populator {
                 throw state.failure(.kernel(error), region: region, next: range.start.rawValue)
             }
         }
-        if platform != .plain {
-            state.report.ioctls += inPlace ? memory.slots.filter { $0.range.overlaps(range) }.count : 1
-            state.madePrivate.append(range)
-        }
+        state.report.ioctls += inPlace ? memory.slots.filter { $0.range.overlaps(range) }.count : 1
+        state.madePrivate.append(range)
         clock.lap("convert")
 
-        // CCA needs no call for zero pages: delegation already scrubbed them.
-        let skip = platform == .plain || (platform == .cca && region.kind == .zero)
+        let needsCall = !capabilities.kindsWithoutCall.contains(region.kind)
         var source: SourceBuffer?
-        // SNP ZERO pages take no source; every other separate-source call gets one.
-        if !inPlace && !skip && !(platform == .snp && region.kind == .zero) {
+        if !inPlace && needsCall && !capabilities.kindsWithoutSource.contains(region.kind) {
             source = SourceBuffer(contents, memory: options.sourceMemory)
             state.report.bytesCopied += UInt64(contents.count)
             clock.lap("fill")
         }
         defer { source?.wipe() }
-        if !skip {
-            try issueCalls(region, source: source, hashes: hashes, state: &state)
-        } else if platform == .plain {
-            state.ledger.records.append(LedgerRecord(call: backend.callName, gpa: range.start.rawValue, pages: pages,
-                                                     type: region.kind.rawValue, pageHashes: [], digest: nil))
+        if needsCall {
+            try issueCalls(region, contents: contents, source: source, hashes: hashes, measurement: measurement,
+                           state: &state)
         }
         state.populated.append(range)
         clock.lap("populate")
-
-        // The expected measurement for TDX and CCA (SNP is chained call by call).
-        guard platform == .tdx || platform == .cca else { return }
-        contents.withUnsafeBytes { raw in
-            for page in 0..<Int(pages) {
-                let gpa = range.start.rawValue + UInt64(page) * pageSize
-                let bytes = UnsafeRawBufferPointer(rebasing: raw[(page * Int(pageSize))..<((page + 1) * Int(pageSize))])
-                if platform == .tdx { tdx.addCheckedPage(gpa: gpa, contents: bytes, measure: region.kind == .normal) }
-                if platform == .cca, region.kind != .zero {
-                    try? cca.dataCreate(ipa: gpa, contents: bytes, measure: region.kind == .normal)
-                }
-            }
-        }
-        if platform == .cca, region.kind != .zero, let last = state.ledger.records.indices.last {
-            state.ledger.records[last].digest = cca.rim
-        }
     }
 
     /// Writes a region of a plain guest straight into its guest_memfd
@@ -331,97 +305,98 @@ public final class Populator {
     }
 
     /// Issues the population calls for one region in calls no larger than
-    /// `maximumCallBytes`, resuming from the kernel's write-back.
-    private func issueCalls(_ region: PlanRegion, source: SourceBuffer?, hashes: [[UInt8]], state: inout PopulationState)
-        throws(PopulateError)
-    {
+    /// `maximumCallBytes`, resuming from the kernel's write-back, and
+    /// measures the pages each call did.
+    private func issueCalls(_ region: PlanRegion, contents: [UInt8], source: SourceBuffer?, hashes: [[UInt8]],
+                            measurement: any LaunchMeasurer, state: inout PopulationState) throws(PopulateError) {
         let range = region.range, total = range.pageCount
         let chunkBytes = max(options.maximumCallBytes / hugePageSize * hugePageSize, hugePageSize)
-        var done: UInt64 = 0, interruptions = 0, cpuidRetries = 0
+        var done: UInt64 = 0, transient = 0, corrections = 0
         while done < total {
             // Calls end on 2 MiB-aligned guest addresses, so no 2 MiB run is split.
             let gpa = range.start.rawValue + done * pageSize
             var end = (gpa + chunkBytes) / hugePageSize * hugePageSize
             if end <= gpa { end = gpa + chunkBytes }
             let pages = min((end - gpa) / pageSize, total - done)
-            let call = PopulateCall(kind: region.kind, gpa: range.start.rawValue + done * pageSize, pages: pages,
+            let call = PopulateCall(kind: region.kind, gpa: gpa, pages: pages,
                                     source: source.map { $0.address + done * pageSize } ?? 0)
             let step = backend.populate(call)
             state.report.ioctls += 1
             if step.pagesDone > 0 {
-                record(region, gpa: call.gpa, pages: step.pagesDone, firstPage: Int(done), hashes: hashes, state: &state)
+                try record(region, gpa: call.gpa, pages: step.pagesDone, firstPage: Int(done), contents: contents,
+                           hashes: hashes, measurement: measurement, state: &state)
                 done += step.pagesDone
             }
             guard let error = step.error else {
                 if step.pagesDone == 0 {
                     throw state.failure(.noProgress(call: backend.callName, gpa: call.gpa), region: region, next: call.gpa)
                 }
-                interruptions = 0
+                transient = 0
                 // A short call (a signal part-way, the end of a memslot) is resumed from its write-back.
                 if step.pagesDone < pages { state.report.retries += 1 }
                 continue
             }
-            if error.errno == .interrupted || error.errno == .resourceTemporarilyUnavailable
-                || (backend.capabilities.platform == .snp && error.errno == .ioError && error.firmwareError == nil) {
-                // SNP reports a signal before the first page as EIO without a firmware status.
-                if interruptions < options.interruptionLimit {
-                    interruptions += 1
-                    state.report.retries += 1
-                    continue
-                }
-            } else if region.kind == .cpuid, error.firmwareError == 0x16, let source, cpuidRetries < options.cpuidRetryLimit {
-                cpuidRetries += 1
+            let next = range.start.rawValue + done * pageSize
+            switch backend.classify(error, in: call) {
+            case .transient where transient < options.interruptionLimit:
+                transient += 1
                 state.report.retries += 1
-                let page = Int(done) * Int(pageSize)
-                options.log(CPUIDPageDiff.describe(original: Array(region.contentsBytesForDiff[page..<(page + Int(pageSize))]),
-                                                   corrected: source.bytes(at: page, count: Int(pageSize))))
                 continue
+            case .sourceCorrected:
+                guard let source else { break }
+                let page = Int(done) * Int(pageSize)
+                let original = Array(region.contentsBytesForDiff[page..<(page + Int(pageSize))])
+                let note = backend.describeCorrection(of: call, original: original,
+                                                      corrected: source.bytes(at: page, count: Int(pageSize)))
+                options.log(note)
+                guard options.acceptCorrectedPages, corrections == 0 else {
+                    throw state.failure(.firmwareCorrected(error, corrections: note), region: region, next: next)
+                }
+                corrections += 1
+                state.report.retries += 1
+                continue
+            default:
+                break
             }
-            throw state.failure(.kernel(error), region: region, next: range.start.rawValue + done * pageSize)
+            throw state.failure(.kernel(error), region: region, next: next)
         }
     }
 
-    /// Appends the ledger record of one successful call and chains the SNP digest.
-    private func record(_ region: PlanRegion, gpa: UInt64, pages: UInt64, firstPage: Int, hashes: [[UInt8]],
-                        state: inout PopulationState) {
-        let platform = backend.capabilities.platform
+    /// Measures the pages of one successful call and appends its ledger record.
+    private func record(_ region: PlanRegion, gpa: UInt64, pages: UInt64, firstPage: Int, contents: [UInt8],
+                        hashes: [[UInt8]], measurement: any LaunchMeasurer, state: inout PopulationState)
+        throws(PopulateError)
+    {
         let callHashes = hashes.isEmpty ? [] : Array(hashes[firstPage..<(firstPage + Int(pages))])
-        var type = region.kind.rawValue
-        switch platform {
-        case .snp:
-            let snpType = region.kind.snpPageType
-            type = snpType.description
+        let failure: MeasurementInputError? = contents.withUnsafeBytes { raw in
             for page in 0..<Int(pages) {
-                state.snp.addPage(gpa: gpa + UInt64(page) * pageSize, type: snpType,
-                                  contentsDigest: callHashes.isEmpty ? nil : SHA384Digest(bytes: callHashes[page]))
+                let offset = (firstPage + page) * Int(pageSize)
+                let bytes = raw.count >= offset + Int(pageSize)
+                    ? UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + Int(pageSize))]) : nil
+                do throws(MeasurementInputError) {
+                    try measurement.add(gpa: gpa + UInt64(page) * pageSize, kind: region.kind, contents: bytes,
+                                        sha384: callHashes.isEmpty ? nil : callHashes[page])
+                } catch {
+                    return error
+                }
             }
-        case .tdx: type = region.kind == .normal ? "PAGE.ADD+MR.EXTEND" : "PAGE.ADD"
-        case .cca: type = region.kind == .normal ? "DATA_MEASURED" : "DATA_UNMEASURED"
-        case .plain: break
+            return nil
         }
-        state.ledger.records.append(LedgerRecord(call: backend.callName, gpa: gpa, pages: pages, type: type,
-                                                 pageHashes: callHashes, digest: platform == .snp ? state.snp.value.bytes : nil))
+        if let failure { throw state.failure(.contents(failure.description), region: region, next: gpa) }
+        state.ledger.records.append(LedgerRecord(call: backend.callName, gpa: gpa, pages: pages,
+                                                 type: measurement.ledgerType(of: region.kind), pageHashes: callHashes,
+                                                 digest: measurement.current))
     }
 
-    /// The first GPA at which the ledger's running digest and the platform's disagree.
-    private func firstDivergence(_ ledger: Ledger) -> UInt64? {
-        let platformPages = options.observer?.measuredPages() ?? []
-        guard !platformPages.isEmpty else { return nil }
-        var ours: [(gpa: UInt64, digest: [UInt8])] = []
-        var snp = SNPLaunchDigest()
-        for record in ledger.records where backend.capabilities.platform == .snp {
-            let type = record.type == "VMSA" ? SNPPageType.vmsa : PageKind.allCases.first { $0.snpPageType.description == record.type }?.snpPageType ?? .normal
-            for page in 0..<Int(record.pages) {
-                let gpa = type == .vmsa ? SNPLaunchDigest.vmsaGPA : record.gpa + UInt64(page) * pageSize
-                snp.addPage(gpa: gpa, type: type, contentsDigest: record.pageHashes.isEmpty ? nil : SHA384Digest(bytes: record.pageHashes[page]))
-                ours.append((gpa, snp.value.bytes))
-            }
-        }
-        for (index, page) in platformPages.enumerated() {
+    /// The first GPA at which the engine's running measurement and the platform's disagree.
+    private func firstDivergence(_ ours: [MeasuredPage]) -> UInt64? {
+        let theirs = options.observer?.measuredPages().filter { !$0.measurement.isEmpty } ?? []
+        guard !theirs.isEmpty else { return nil }
+        for (index, page) in theirs.enumerated() {
             guard index < ours.count else { return page.gpa }
-            if ours[index].digest != page.measurement || ours[index].gpa != page.gpa { return page.gpa }
+            if ours[index].measurement != page.measurement || ours[index].gpa != page.gpa { return page.gpa }
         }
-        return ours.count > platformPages.count ? ours[platformPages.count].gpa : nil
+        return ours.count > theirs.count ? ours[theirs.count].gpa : nil
     }
 }
 
@@ -508,6 +483,13 @@ extension PlanRegion {
         var bytes: [UInt8] = if case .bytes(let inline) = contents { inline } else { [] }
         bytes += [UInt8](repeating: 0, count: Int(range.size) - bytes.count)
         return bytes
+    }
+}
+
+extension [UInt8] {
+    /// Zeroes the bytes in a way the compiler may not elide.
+    mutating func wipe() {
+        withUnsafeMutableBytes { if let base = $0.baseAddress { explicit_bzero(base, $0.count) } }
     }
 }
 

@@ -49,6 +49,10 @@ enum SNPLaunch {
                 Swift.print("snpvmm: \(note)", to: &standardError)
             }
             options.observer = FakeKVM.behind(machine.vm.kernel)?.observer(of: machine.vm)
+            // The CPUID table comes from the host's CPUID without the
+            // firmware's policy applied, so take the values it accepts; the
+            // log above prints each one it changed.
+            options.acceptCorrectedPages = true
             return try Populator(backend: backend, memory: machine.memoryLayout, options: options).populate(plan)
         } catch {
             throw PopulateFailure(error)
@@ -145,7 +149,7 @@ enum EmulatedLaunch {
             try snp!.launchStart(policy: 0x30000)
             backend = try SNPBackend(vm: vm, snp: snp!, memory: memory, vcpus: vcpus)
         case .tdx: backend = try TDXBackend(vm: vm, tdx: TDX(vm: vm), vcpu: vcpus[0], memory: memory)
-        default: backend = CCABackend(vm: vm)
+        default: backend = CCABackend(vm: vm, vcpus: vcpus)
         }
         var options = PopulateOptions()
         options.observer = fake.observer(of: vm)

@@ -46,7 +46,11 @@ public struct KVMError: Error, Hashable, Sendable, CustomStringConvertible {
         var text = "\(operation) on \(object.rawValue) fd \(fd) failed: \(errno)"
         if let range { text += " for \(range)" }
         if let detail { text += " (\(detail))" }
-        if let firmwareError { text += ", firmware error 0x\(String(firmwareError, radix: 16))" }
+        if let sevStatus {
+            text += ", firmware error \(sevStatus)"
+        } else if let firmwareError {
+            text += ", firmware error 0x\(String(firmwareError, radix: 16))"
+        }
         if let completedBytes { text += ", after \(completedBytes) bytes completed" }
         if let hint { text += ". \(hint)" }
         return text

@@ -25,11 +25,12 @@ public final class SNPBackend: PopulationBackend {
         finishParameters = finish
         let inPlace = try vm.checkExtension(.guestMemfdMemoryAttributes) != 0
         capabilities = PlatformCapabilities(
-            platform: .snp, populatesInPlace: inPlace, populatesFromSource: true, granularity: pageSize,
-            measurement: .snpLaunchDigest, kinds: Set(PageKind.allCases))
+            platform: .snp, populatesInPlace: inPlace,
+            inPlaceUnavailable: inPlace ? nil : "this host's guest_memfd cannot convert in place (no KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES)",
+            populatesFromSource: true, kinds: Set(PageKind.allCases), kindsWithoutSource: [.zero])
     }
 
-    public func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError) {
+    public func makePrivate(_ range: GuestRange) throws(KVMError) {
         try memory.convert(range, toPrivate: true, vm: vm, inGuestMemfd: capabilities.populatesInPlace)
     }
 
@@ -38,7 +39,7 @@ public final class SNPBackend: PopulationBackend {
                                      length: call.pages * pageSize, type: call.kind.launchUpdateType)
         do {
             let left = try snp.launchUpdate(update)
-            return PopulateStep(pagesDone: call.pages - left.length / pageSize, error: nil)
+            return PopulateStep(pagesDone: call.pages - left.length / pageSize)
         } catch {
             // A failure on the first page comes back as EIO with nothing written back.
             return PopulateStep(pagesDone: 0, error: error)
@@ -47,12 +48,29 @@ public final class SNPBackend: PopulationBackend {
 
     public func finish() throws(KVMError) { try snp.launchFinish(finishParameters) }
 
-    public func vmsaPages() throws(KVMError) -> [[UInt8]] {
-        var pages: [[UInt8]] = []
-        for vcpu in vcpus {
-            pages.append(SNPVMSA(regs: try vcpu.getRegs(), sregs: try vcpu.getSregs(), sevFeatures: vmsaFeatures).page)
+    /// SNP also reports a signal before the first page as EIO with no firmware
+    /// status (`sev_gmem_post_populate` never reached the firmware); a
+    /// CPUID page the firmware rejects comes back INVALID_PARAM, corrected
+    /// in the source.
+    public func classify(_ error: KVMError, in call: PopulateCall) -> CallFailure {
+        if error.errno == .interrupted || error.errno == .resourceTemporarilyUnavailable { return .transient }
+        if error.errno == .ioError, error.firmwareError == nil { return .transient }
+        if call.kind == .cpuid, call.source != 0, error.sevStatus == .invalidParam { return .sourceCorrected }
+        return .fatal
+    }
+
+    public func describeCorrection(of call: PopulateCall, original: [UInt8], corrected: [UInt8]) -> String {
+        CPUIDPageDiff.describe(original: original, corrected: corrected)
+    }
+
+    public func makeMeasurement() -> any LaunchMeasurer {
+        SNPMeasurement { [vcpus, vmsaFeatures] () throws(KVMError) in
+            var pages: [[UInt8]] = []
+            for vcpu in vcpus {
+                pages.append(SNPVMSA(regs: try vcpu.getRegs(), sregs: try vcpu.getSregs(), sevFeatures: vmsaFeatures).page)
+            }
+            return pages
         }
-        return pages
     }
 }
 

@@ -1,4 +1,5 @@
 import GuestMemfd
+
 /// TDX population: KVM_TDX_INIT_MEM_REGION per run (on the first vCPU),
 /// measured for normal pages, and KVM_TDX_FINALIZE_VM to close.
 public final class TDXBackend: PopulationBackend {
@@ -16,11 +17,12 @@ public final class TDXBackend: PopulationBackend {
         self.memory = memory
         let inPlace = try vm.checkExtension(.guestMemfdMemoryAttributes) != 0
         capabilities = PlatformCapabilities(
-            platform: .tdx, populatesInPlace: inPlace, populatesFromSource: true, granularity: pageSize,
-            measurement: .tdxMRTD, kinds: [.normal, .zero, .unmeasured])
+            platform: .tdx, populatesInPlace: inPlace,
+            inPlaceUnavailable: inPlace ? nil : "this host's guest_memfd cannot convert in place (no KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES)",
+            populatesFromSource: true, kinds: [.normal, .zero, .unmeasured])
     }
 
-    public func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError) {
+    public func makePrivate(_ range: GuestRange) throws(KVMError) {
         try memory.convert(range, toPrivate: true, vm: vm, inGuestMemfd: capabilities.populatesInPlace)
     }
 
@@ -28,7 +30,7 @@ public final class TDXBackend: PopulationBackend {
         let region = TDXMemRegion(sourceAddress: call.source, gpa: call.gpa, pageCount: call.pages)
         do {
             let left = try tdx.initMemRegion(region, on: vcpu, measure: call.kind == .normal)
-            return PopulateStep(pagesDone: call.pages - left.pageCount, error: nil)
+            return PopulateStep(pagesDone: call.pages - left.pageCount)
         } catch {
             // The region is written back on every error; the error carries what was done.
             return PopulateStep(pagesDone: (error.completedBytes ?? 0) / pageSize, error: error)
@@ -36,4 +38,6 @@ public final class TDXBackend: PopulationBackend {
     }
 
     public func finish() throws(KVMError) { try tdx.finalizeVM() }
+
+    public func makeMeasurement() -> any LaunchMeasurer { TDXMeasurementAccumulator() }
 }

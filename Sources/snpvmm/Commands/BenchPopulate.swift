@@ -219,7 +219,7 @@ enum BenchPopulate {
                 try snp!.launchStart(policy: 0x30000)
                 backend = try SNPBackend(vm: vm, snp: snp!, memory: layout, vcpus: [vcpu])
             case .tdx: backend = try TDXBackend(vm: vm, tdx: TDX(vm: vm), vcpu: vcpu, memory: layout)
-            default: backend = CCABackend(vm: vm)
+            default: backend = CCABackend(vm: vm, vcpus: [vcpu])
             }
             var options = PopulateOptions()
             options.observer = fake.observer(of: vm)

@@ -68,7 +68,7 @@ struct PopulationRig {
             try snp!.launchStart(policy: 0x30000)
             backend = try SNPBackend(vm: vm, snp: snp!, memory: layout, vcpus: [vcpu])
         case .tdx: backend = try TDXBackend(vm: vm, tdx: TDX(vm: vm), vcpu: vcpu, memory: layout)
-        case .cca: backend = CCABackend(vm: vm)
+        case .cca: backend = CCABackend(vm: vm, vcpus: [vcpu])
         }
     }
 
@@ -151,8 +151,12 @@ struct PlatformCase: Sendable, CustomTestStringConvertible {
             #expect(result.expectedMeasurement == (try plan.expectedMRTD().bytes))
             #expect(result.reportedMeasurement == result.expectedMeasurement)
         case .cca:
-            #expect(result.reportedMeasurement == result.expectedMeasurement)
+            // The RMM measures the boot REC when the realm first runs, so the
+            // expected RIM, which attestation reports, includes it already.
             #expect(result.expectedMeasurement != nil)
+            #expect(result.reportedMeasurement != result.expectedMeasurement)
+            _ = try rig.vcpu.run()
+            #expect(rig.fake.launchMeasurement(of: rig.vm) == result.expectedMeasurement)
         }
     }
 
@@ -185,7 +189,7 @@ struct PlatformCase: Sendable, CustomTestStringConvertible {
         }
     }
 
-    @Test func aRejectedCPUIDPageIsRetriedWithTheFirmwaresValuesAndTheDifferencesReported() throws {
+    @Test func aRejectedCPUIDPageIsRetriedWithTheFirmwaresValuesWhenTheCallerAcceptsThem() throws {
         let rig = try PopulationRig(.snp)
         var page = [UInt8](repeating: 0, count: 4096)
         page[0] = 1
@@ -197,13 +201,36 @@ struct PlatformCase: Sendable, CustomTestStringConvertible {
         let notes = LockedStrings()
         var options = PopulateOptions()
         options.log = { notes.append($0) }
+        options.acceptCorrectedPages = true
         let result = try rig.populate(plan, options)
         #expect(result.report.retries == 1)
         #expect(notes.values.joined().contains("leaf 0x1 subleaf 0 ecx: 0xffffffff -> 0x7ef8320b"))
         #expect(result.reportedMeasurement == result.expectedMeasurement)
-        options.cpuidRetryLimit = 0
-        let strict = try PopulationRig(.snp)
-        #expect(throws: PopulateError.self) { _ = try strict.populate(plan, options) }
+    }
+
+    @Test func byDefaultARejectedCPUIDPageFailsNamingTheFirmwareStatusAndTheDifferingLeaves() throws {
+        let rig = try PopulationRig(.snp)
+        var page = [UInt8](repeating: 0, count: 4096)
+        page[0] = 1
+        withUnsafeBytes(of: UInt32(1)) { page.replaceSubrange(16..<20, with: $0) }
+        withUnsafeBytes(of: UInt32(0xFFFF_FFFF)) { page.replaceSubrange(48..<52, with: $0) }
+        let plan = LaunchPlan(regions: [
+            PlanRegion(name: "cpuid", range: GuestRange(start: PopulationRig.memoryBase, size: 0x1000), contents: .bytes(page), kind: .cpuid),
+        ])
+        do {
+            _ = try rig.populate(plan)
+            Issue.record("a rejected CPUID page must fail unless the caller accepts the firmware's values")
+        } catch {
+            guard case .firmwareCorrected(let kernel, let corrections) = error.reason else {
+                Issue.record("expected a firmware correction, got \(error)")
+                return
+            }
+            #expect(kernel.sevStatus == .invalidParam)
+            #expect(corrections.contains("leaf 0x1 subleaf 0 ecx: 0xffffffff -> 0x7ef8320b"))
+            #expect(error.description.contains("firmware error INVALID_PARAM (0x16)"))
+            #expect(error.populated.isEmpty)
+            #expect(error.madePrivate == [plan.regions[0].range])
+        }
     }
 
     @Test func askingCCAToPopulateInPlaceIsAClearError() throws {
@@ -393,7 +420,9 @@ final class TamperingBackend: PopulationBackend {
 
     var capabilities: PlatformCapabilities { base.capabilities }
     var callName: String { base.callName }
-    func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError) { try base.makePrivate(range, inPlace: inPlace) }
+    func makePrivate(_ range: GuestRange) throws(KVMError) { try base.makePrivate(range) }
+    func classify(_ error: KVMError, in call: PopulateCall) -> CallFailure { base.classify(error, in: call) }
+    func makeMeasurement() -> any LaunchMeasurer { base.makeMeasurement() }
     func populate(_ call: PopulateCall) -> PopulateStep {
         if call.source != 0, corruptGPA >= call.gpa, corruptGPA < call.gpa + call.pages * pageSize {
             let byte = UnsafeMutablePointer<UInt8>(bitPattern: UInt(call.source + corruptGPA - call.gpa))!
@@ -402,7 +431,6 @@ final class TamperingBackend: PopulationBackend {
         return base.populate(call)
     }
     func finish() throws(KVMError) { try base.finish() }
-    func vmsaPages() throws(KVMError) -> [[UInt8]] { try base.vmsaPages() }
 }
 
 final class LockedStrings: @unchecked Sendable {

@@ -46,7 +46,9 @@ final class SourceWatchingBackend: PopulationBackend {
 
     var capabilities: PlatformCapabilities { base.capabilities }
     var callName: String { base.callName }
-    func makePrivate(_ range: GuestRange, inPlace: Bool) throws(KVMError) { try base.makePrivate(range, inPlace: inPlace) }
+    func makePrivate(_ range: GuestRange) throws(KVMError) { try base.makePrivate(range) }
+    func classify(_ error: KVMError, in call: PopulateCall) -> CallFailure { base.classify(error, in: call) }
+    func makeMeasurement() -> any LaunchMeasurer { base.makeMeasurement() }
     func populate(_ call: PopulateCall) -> PopulateStep {
         if call.source != 0, let pointer = UnsafeRawPointer(bitPattern: UInt(call.source)) {
             reads.append((call.source, [UInt8](UnsafeRawBufferPointer(start: pointer, count: Int(call.pages * pageSize)))))
@@ -54,7 +56,6 @@ final class SourceWatchingBackend: PopulationBackend {
         return base.populate(call)
     }
     func finish() throws(KVMError) { try base.finish() }
-    func vmsaPages() throws(KVMError) -> [[UInt8]] { try base.vmsaPages() }
 }
 
 @Suite struct SecretsTests {
