@@ -6,21 +6,24 @@ import CKVMHeaders
 /// when the object is released. The file's size is fixed at creation.
 public final class GuestMemfd: KernelObject, Sendable {
     public let vm: VM
-    /// The raw descriptor, for embedding VMMs; it stays owned by this object.
+    /// The raw descriptor, for embedding VMMs; closed on release unless it was adopted as borrowed.
     public let fd: CInt
     public let size: UInt64
     public let flags: GuestMemfdFlags
     public var kernel: any KernelInterface { vm.kernel }
     var objectKind: KVMObjectKind { .guestMemfd }
 
-    init(vm: VM, fd: CInt, size: UInt64, flags: GuestMemfdFlags) {
+    private let ownsDescriptor: Bool
+
+    init(vm: VM, fd: CInt, size: UInt64, flags: GuestMemfdFlags, ownsDescriptor: Bool = true) {
         self.vm = vm
         self.fd = fd
         self.size = size
         self.flags = flags
+        self.ownsDescriptor = ownsDescriptor
     }
 
-    deinit { try? kernel.close(fd) }
+    deinit { if ownsDescriptor { try? kernel.close(fd) } }
 
     /// `fallocate(2)` with any mode, for callers that need the raw call.
     ///

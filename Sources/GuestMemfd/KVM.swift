@@ -7,16 +7,27 @@ import CKVMHeaders
 /// every VM, vCPU and guest_memfd created from it.
 public final class KVM: KernelObject, Sendable {
     public let kernel: any KernelInterface
-    /// The raw descriptor, for embedding VMMs; it stays owned by this object.
+    /// The raw descriptor, for embedding VMMs; closed on release unless it was adopted as borrowed.
     public let fd: CInt
     var objectKind: KVMObjectKind { .system }
+
+    private let ownsDescriptor: Bool
 
     init(kernel: any KernelInterface, fd: CInt) {
         self.kernel = kernel
         self.fd = fd
+        ownsDescriptor = true
     }
 
-    deinit { try? kernel.close(fd) }
+    /// Wraps a `/dev/kvm` descriptor the caller already has. It is closed on
+    /// release only with `.owned`; a VMM that keeps using it passes `.borrowed`.
+    public init(adopting fd: CInt, ownership: DescriptorOwnership, using kernel: any KernelInterface = LinuxKernel()) {
+        self.kernel = kernel
+        self.fd = fd
+        ownsDescriptor = ownership == .owned
+    }
+
+    deinit { if ownsDescriptor { try? kernel.close(fd) } }
 
     /// Opens the KVM device through `kernel`.
     ///

@@ -37,4 +37,11 @@ extension KernelObject {
     }
 }
 
+/// Who closes an adopted descriptor: this object when it is released
+/// (`.owned`), or the caller, which keeps using it (`.borrowed`).
+public enum DescriptorOwnership: Sendable {
+    case owned
+    case borrowed
+}
+
 func hex<T: BinaryInteger>(_ value: T) -> String { "0x" + String(value, radix: 16) }

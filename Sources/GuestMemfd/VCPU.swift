@@ -81,7 +81,7 @@ public struct MPState: RawRepresentable, Hashable, Sendable {
 public final class VCPU: KernelObject {
     public let vm: VM
     public let id: UInt32
-    /// The raw descriptor, for embedding VMMs; it stays owned by this object.
+    /// The raw descriptor, for embedding VMMs; closed on release unless it was adopted as borrowed.
     public let fd: CInt
     /// The shared `struct kvm_run` the kernel fills on every exit.
     public let runArea: UnsafeMutableRawPointer
@@ -89,17 +89,20 @@ public final class VCPU: KernelObject {
     public var kernel: any KernelInterface { vm.kernel }
     var objectKind: KVMObjectKind { .vcpu }
 
-    init(vm: VM, id: UInt32, fd: CInt, run: UnsafeMutableRawPointer, runSize: Int) {
+    private let ownsDescriptor: Bool
+
+    init(vm: VM, id: UInt32, fd: CInt, run: UnsafeMutableRawPointer, runSize: Int, ownsDescriptor: Bool) {
         self.vm = vm
         self.id = id
         self.fd = fd
         self.runArea = run
         self.runSize = runSize
+        self.ownsDescriptor = ownsDescriptor
     }
 
     deinit {
         try? kernel.munmap(runArea, length: runSize)
-        try? kernel.close(fd)
+        if ownsDescriptor { try? kernel.close(fd) }
     }
 
     private var state: UnsafeMutablePointer<kvm_run> { runArea.assumingMemoryBound(to: kvm_run.self) }

@@ -83,18 +83,30 @@ public struct UserMemoryRegion2: Hashable, Sendable {
 public final class VM: KernelObject, Sendable {
     public let kvm: KVM
     public let type: VMType
-    /// The raw descriptor, for embedding VMMs; it stays owned by this object.
+    /// The raw descriptor, for embedding VMMs; closed on release unless it was adopted as borrowed.
     public let fd: CInt
     public var kernel: any KernelInterface { kvm.kernel }
     var objectKind: KVMObjectKind { .vm }
+
+    private let ownsDescriptor: Bool
 
     init(kvm: KVM, type: VMType, fd: CInt) {
         self.kvm = kvm
         self.type = type
         self.fd = fd
+        ownsDescriptor = true
     }
 
-    deinit { try? kernel.close(fd) }
+    /// Wraps a VM descriptor the caller created (`KVM_CREATE_VM` with `type`).
+    /// It is closed on release only with `.owned`.
+    public init(adopting fd: CInt, type: VMType, kvm: KVM, ownership: DescriptorOwnership) {
+        self.kvm = kvm
+        self.type = type
+        self.fd = fd
+        ownsDescriptor = ownership == .owned
+    }
+
+    deinit { if ownsDescriptor { try? kernel.close(fd) } }
 
     /// Asks about a capability as it applies to this VM; guest_memfd flags
     /// and memory attributes depend on the VM type.
@@ -118,7 +130,27 @@ public final class VM: KernelObject, Sendable {
             try? kernel.close(fd)
             throw KVMError(.syscall(.mmap), on: .vcpu, fd: fd, errno: error, detail: "kvm_run, \(runSize) bytes")
         }
-        return VCPU(vm: self, id: id, fd: fd, run: run, runSize: runSize)
+        return VCPU(vm: self, id: id, fd: fd, run: run, runSize: runSize, ownsDescriptor: true)
+    }
+
+    /// Wraps a vCPU descriptor the caller created (`KVM_CREATE_VCPU` with
+    /// `id`), mapping its `kvm_run` area once more for this object. The
+    /// mapping is always released with the object; the descriptor only with `.owned`.
+    public func adoptVCPU(fd: CInt, id: UInt32, ownership: DescriptorOwnership) throws(KVMError) -> VCPU {
+        let runSize = try kvm.getVCPUMmapSize()
+        let run: UnsafeMutableRawPointer
+        do {
+            run = try kernel.mmap(length: runSize, protection: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: fd, offset: 0)
+        } catch {
+            throw KVMError(.syscall(.mmap), on: .vcpu, fd: fd, errno: error, detail: "kvm_run, \(runSize) bytes")
+        }
+        return VCPU(vm: self, id: id, fd: fd, run: run, runSize: runSize, ownsDescriptor: ownership == .owned)
+    }
+
+    /// Wraps a guest_memfd the caller created on this VM with `size` and `flags`.
+    /// It is closed on release only with `.owned`.
+    public func adoptGuestMemfd(fd: CInt, size: UInt64, flags: GuestMemfdFlags, ownership: DescriptorOwnership) -> GuestMemfd {
+        GuestMemfd(vm: self, fd: fd, size: size, flags: flags, ownsDescriptor: ownership == .owned)
     }
 
     /// Creates a guest_memfd of `size` bytes bound to this VM.

@@ -19,7 +19,7 @@ enum SNPLaunch {
         var plan = setup.plan
         for index in plan.regions.indices where plan.regions[index].kind == .cpuid {
             do {
-                plan.regions[index].contents = .bytes(try SNPGuestPages.cpuidTable(machine.cpuid))
+                plan.regions[index].contents = .bytes(try SNPCPUIDTable.page(for: machine.cpuid))
             } catch {
                 throw .engine("building the SEV-SNP CPUID page: \(error)")
             }

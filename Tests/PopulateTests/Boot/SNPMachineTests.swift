@@ -147,24 +147,24 @@ import Testing
         var leaf7 = kvm_cpuid_entry2()
         leaf7.function = 7
         leaf7.index = 1
-        leaf7.flags = SNPGuestPages.significantIndex
+        leaf7.flags = SNPCPUIDTable.significantIndex
         leaf7.ebx = 0xABCD
         var xsave = kvm_cpuid_entry2()
         xsave.function = 0xD
-        xsave.flags = SNPGuestPages.significantIndex
+        xsave.flags = SNPCPUIDTable.significantIndex
         xsave.ebx = 0x988
         var plain = kvm_cpuid_entry2()
         plain.function = 0x8000_0001
         plain.index = 5  // ignored: the index is not significant
         plain.edx = 0x1234
-        let page = try SNPGuestPages.cpuidTable([leaf7, xsave, plain])
+        let page = try SNPCPUIDTable.page(for: [leaf7, xsave, plain])
         func u32(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(page[at + $1]) << (8 * $1) } }
         #expect(u32(0) == 3)
         #expect(u32(16) == 7 && u32(20) == 1 && u32(16 + 28) == 0xABCD && u32(16 + 8) == 0)
         #expect(u32(64) == 0xD && u32(64 + 8) == 1 && u32(64 + 28) == 0x240)
         #expect(u32(112) == 0x8000_0001 && u32(116) == 0 && u32(112 + 36) == 0x1234)
-        #expect(throws: SNPGuestPages.TooManyEntries.self) {
-            _ = try SNPGuestPages.cpuidTable([kvm_cpuid_entry2](repeating: plain, count: 65))
+        #expect(throws: SNPCPUIDTable.TooManyEntries.self) {
+            _ = try SNPCPUIDTable.page(for: [kvm_cpuid_entry2](repeating: plain, count: 65))
         }
     }
 }

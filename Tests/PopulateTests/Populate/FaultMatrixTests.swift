@@ -173,8 +173,8 @@ extension LaunchFlow {
             outcome.privateRanges = rig.fake.privateRanges(of: rig.vm)
             outcome.memoryDigest = SHA384.hash(rig.fake.contents(of: rig.memfd) ?? []).bytes
             outcome.allocated = allocated(rig)
-        } catch let error as KVMError {
-            outcome.failure = .setup(error)
+        } catch let error as LaunchError {
+            outcome.failure = error.kvmError.map { .setup($0) } ?? .unexpected("\(error)")
             outcome.trace = kernel?.trace ?? []
         } catch {
             outcome.failure = .unexpected("\(error)")

@@ -15,6 +15,7 @@ struct PopulationRig {
     let memfd: GuestMemfd
     let mapping: GuestMemoryMapping
     let vcpu: VCPU
+    let session: LaunchSession
     let backend: any PopulationBackend
     static let memoryBase: UInt64 = 0x200000
     static let memorySize: UInt64 = 0x800000
@@ -44,32 +45,19 @@ struct PopulationRig {
         fake = FakeKVM(profile: profile)
         kernel = FaultInjectingKernel(fake)
         arm(fake, kernel)
-        let kvm = try KVM.open(using: kernel)
-        let type: VMType = [.plain: .default, .snp: .snp, .tdx: .tdx, .cca: .armRealm][platform]!
-        vm = try kvm.createVM(type: type)
-        var snp: SEVSNP?
-        switch platform {
-        case .snp:
-            snp = try SEVSNP(vm: vm)
-            try snp!.init2()
-        case .tdx: try TDX(vm: vm).initVM(attributes: 0, xfam: 3)
-        default: break
+        let launch: LaunchPlatform = switch platform {
+        case .plain: .plain
+        case .snp: .snp(SNPLaunchParameters())
+        case .tdx: .tdx(TDXLaunchParameters())
+        case .cca: .cca(CCABackend.defaultParameters)
         }
-        vcpu = try vm.createVCPU(id: 0)
-        if platform == .tdx { try TDX(vm: vm).initVCPU(vcpu) }
-        let flags: GuestMemfdFlags = profile.guestMemfdFlags(forTests: type)
-        memfd = try vm.createGuestMemfd(size: Self.memorySize, flags: flags)
-        mapping = try memfd.map()
-        try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: Self.memoryBase, mapping: mapping))
-        let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: Self.memoryBase, size: Self.memorySize), mapping: mapping)])
-        switch platform {
-        case .plain: backend = PlainBackend()
-        case .snp:
-            try snp!.launchStart(policy: 0x30000)
-            backend = try SNPBackend(vm: vm, snp: snp!, memory: layout, vcpus: [vcpu])
-        case .tdx: backend = try TDXBackend(vm: vm, tdx: TDX(vm: vm), vcpu: vcpu, memory: layout)
-        case .cca: backend = CCABackend(vm: vm, vcpus: [vcpu])
-        }
+        session = try LaunchSession(kvm: try KVM.open(using: kernel), platform: launch)
+        vm = session.vm
+        vcpu = try session.createVCPUs(1)[0]
+        let slot = try session.createMemory(at: Self.memoryBase, size: Self.memorySize, slot: 0)
+        memfd = try #require(slot.memfd)
+        mapping = try #require(slot.mapping as? GuestMemoryMapping)
+        backend = try session.start()
     }
 
     /// Options that check the expected measurement against the fake firmware's.
