@@ -242,10 +242,12 @@ public final class LaunchSession {
         }
     }
 
-    /// Adds guest memory the caller bound with KVM_SET_USER_MEMORY_REGION2.
-    public func addMemory(_ slot: GuestMemoryLayout.Slot) throws(LaunchError) {
+    /// Adds guest memory the caller bound with KVM_SET_USER_MEMORY_REGION2;
+    /// `backing` (from `Populator.createGuestMemfd`) goes into the report.
+    public func addMemory(_ slot: GuestMemoryLayout.Slot, backing: BackingOutcome? = nil) throws(LaunchError) {
         guard stage < .populated else { throw .outOfOrder(step: "adding memory", needs: "a launch not yet populated") }
         memory.slots.append(slot)
+        if let backing { memory.backing = backing }
     }
 
     /// Creates a guest_memfd of `size` bytes, maps it where the host allows

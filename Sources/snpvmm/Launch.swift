@@ -11,8 +11,8 @@ import Populate
 /// into the encrypted VMSA, then LAUNCH_START, the plan through the
 /// population engine, and LAUNCH_FINISH.
 enum SNPLaunch {
-    /// The guest policy: SMT allowed (bit 16) and the must-be-one bit 17; ABI 0.0.
-    static let policy: UInt64 = 0x30000
+    /// QEMU's defaults: policy 0x30000 (SMT allowed, ABI 0.0), no VMSA features.
+    static let parameters = SNPLaunchParameters()
 
     /// `setup`'s plan with the CPUID table built from the machine's CPUID.
     static func plan(_ setup: BootSetup, machine: Machine) throws(PopulateFailure) -> LaunchPlan {
@@ -28,34 +28,26 @@ enum SNPLaunch {
     }
 
     static func perform(_ setup: BootSetup, machine: Machine) throws(PopulateFailure) -> PopulateResult {
-        guard let snp = machine.snp else { throw .engine("the machine was not created for SEV-SNP") }
+        guard machine.snp != nil else { throw .engine("the machine was not created for SEV-SNP") }
         let plan = try plan(setup, machine: machine)
+        var options = PopulateOptions()
+        options.log = { note in
+            var standardError = StandardError()
+            Swift.print("snpvmm: \(note)", to: &standardError)
+        }
+        options.observer = FakeKVM.behind(machine.vm.kernel)?.observer(of: machine.vm)
+        // The CPUID table comes from the host's CPUID without the
+        // firmware's policy applied, so take the values it accepts; the
+        // log above prints each one it changed.
+        options.acceptCorrectedPages = true
         do {
-            try Machine.apply(setup.cpu, to: machine.vcpus[0])
-            try snp.launchStart(policy: policy)
+            let (regs, sregs) = try Machine.registers(for: setup.cpu, from: machine.vcpus[0])
+            try machine.session.setBootState(regs: regs, sregs: sregs)
+            return try machine.session.populate(plan, options: options)
+        } catch let error as LaunchError {
+            throw PopulateFailure(error, context: "starting the SEV-SNP launch")
         } catch {
             throw .engine("starting the SEV-SNP launch: \(error)")
-        }
-        let backend: SNPBackend
-        do {
-            backend = try SNPBackend(vm: machine.vm, snp: snp, memory: machine.memoryLayout, vcpus: machine.vcpus)
-        } catch {
-            throw .engine("starting the SEV-SNP launch: \(error)")
-        }
-        do {
-            var options = PopulateOptions()
-            options.log = { note in
-                var standardError = StandardError()
-                Swift.print("snpvmm: \(note)", to: &standardError)
-            }
-            options.observer = FakeKVM.behind(machine.vm.kernel)?.observer(of: machine.vm)
-            // The CPUID table comes from the host's CPUID without the
-            // firmware's policy applied, so take the values it accepts; the
-            // log above prints each one it changed.
-            options.acceptCorrectedPages = true
-            return try Populator(backend: backend, memory: machine.memoryLayout, options: options).populate(plan)
-        } catch {
-            throw PopulateFailure(error)
         }
     }
 }
@@ -96,8 +88,8 @@ enum EmulatedLaunch {
         let result: PopulateResult
         do {
             result = try launch(setup, platform: platform, memorySize: memorySize, cpus: cpus, slots: slots)
-        } catch let error as PopulateError {
-            throw PopulateFailure(error)
+        } catch let error as LaunchError {
+            throw PopulateFailure(error, context: "setting up the emulated \(platform.rawValue) launch")
         } catch let error as KVMError {
             throw .engine("setting up the emulated \(platform.rawValue) launch: \(error)")
         } catch {
@@ -111,48 +103,29 @@ enum EmulatedLaunch {
     /// and populates the plan through the engine, finishing the launch.
     static func launch(_ setup: BootSetup, platform: Platform, memorySize: UInt64, cpus: Int,
                        slots: [MemorySlot]) throws -> PopulateResult {
-        let (profile, type): (HostProfile, VMType) = switch platform {
-        case .snp: (.snpHost, .snp)
-        case .tdx: (.tdxHost, .tdx)
-        case .cca, .plain: (.ccaHost, .armRealm)
+        let (profile, launch): (HostProfile, LaunchPlatform) = switch platform {
+        case .snp: (.snpHost, .snp(SNPLaunchParameters()))
+        case .tdx: (.tdxHost, .tdx(TDXLaunchParameters()))
+        case .cca, .plain: (.ccaHost, .cca(CCABackend.defaultParameters))
         }
         let fake = FakeKVM(profile: profile)
-        let kvm = try KVM.open(using: fake)
-        let vm = try kvm.createVM(type: type)
-        var snp: SEVSNP?
-        if type == .snp {
-            snp = try SEVSNP(vm: vm)
-            try snp!.init2()
-        }
-        if type == .tdx { try TDX(vm: vm).initVM(attributes: 0, xfam: 0x3) }
-        var vcpus: [VCPU] = []
-        for id in 0..<cpus {
-            let vcpu = try vm.createVCPU(id: UInt32(id))
-            if type == .tdx { try TDX(vm: vm).initVCPU(vcpu) }
-            vcpus.append(vcpu)
-        }
+        let session = try LaunchSession(kvm: try KVM.open(using: fake), platform: launch)
+        try session.createVCPUs(cpus)
         // A TD's vCPUs start in the state the TDX module gives them; the host cannot set it.
-        if type != .tdx { try Machine.apply(setup.cpu, to: vcpus[0]) }
+        if platform != .tdx {
+            let (regs, sregs) = try Machine.registers(for: setup.cpu, from: session.vcpus[0])
+            try session.setBootState(regs: regs, sregs: sregs)
+        }
+        let vm = session.vm
         let memfd = try vm.createGuestMemfd(size: memorySize, flags: [.mmap])
         let mapping = try memfd.map()
-        var layout: [GuestMemoryLayout.Slot] = []
         for slot in slots {
             try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: slot.slot, guestPhysicalAddress: slot.range.start.rawValue,
                                                           mapping: mapping, offset: slot.offset, size: slot.range.size))
-            layout.append(.init(range: slot.range, mapping: mapping, fileOffset: slot.offset))
-        }
-        let memory = GuestMemoryLayout(slots: layout)
-        let backend: any PopulationBackend
-        switch type {
-        case .snp:
-            // SMT allowed, the reserved bit set, ABI 0.0.
-            try snp!.launchStart(policy: 0x30000)
-            backend = try SNPBackend(vm: vm, snp: snp!, memory: memory, vcpus: vcpus)
-        case .tdx: backend = try TDXBackend(vm: vm, tdx: TDX(vm: vm), vcpu: vcpus[0], memory: memory)
-        default: backend = CCABackend(vm: vm, vcpus: vcpus)
+            try session.addMemory(.init(range: slot.range, mapping: mapping, fileOffset: slot.offset))
         }
         var options = PopulateOptions()
         options.observer = fake.observer(of: vm)
-        return try Populator(backend: backend, memory: memory, options: options).populate(setup.plan)
+        return try session.populate(setup.plan, options: options)
     }
 }

@@ -60,6 +60,8 @@ enum RAMBacking: String, Sendable, CaseIterable {
 /// memory and the slots' shared side is a memfd, and all RAM is made
 /// private up front, as the guest expects of its memory.
 final class Machine {
+    /// The launch this machine's VM, vCPUs and memory belong to.
+    let session: LaunchSession
     let vm: VM
     let platform: Platform
     let ram: RAMBacking
@@ -86,36 +88,70 @@ final class Machine {
     ///   - ram: `.memfd` for a plain machine only; the caller has checked that the host offers the backing.
     ///   - output: receives the bytes the guest writes to its serial port.
     init(kvm: KVM, platform: Platform = .plain, ram: RAMBacking = .guestMemfd, memorySize: UInt64, cpus: Int,
-         output: @escaping @Sendable ([UInt8]) -> Void) throws(KVMError) {
+         output: @escaping @Sendable ([UInt8]) -> Void) throws(LaunchError) {
         precondition(platform == .plain || platform == .snp, "snpvmm runs plain and SEV-SNP machines")
         precondition(platform == .plain || ram == .guestMemfd, "private memory lives in guest_memfd")
         self.platform = platform
         self.ram = ram
-        vm = try kvm.createVM(type: platform.vmType)
-        // KVM_SEV_INIT2 must come before the first vCPU (sev_guest_init).
-        snp = platform == .snp ? try SEVSNP(vm: vm) : nil
-        try snp?.init2()
+        session = try LaunchSession(kvm: kvm, platform: platform == .snp ? .snp(SNPLaunch.parameters) : .plain)
+        vm = session.vm
+        snp = session.snp
+        let supported: [kvm_cpuid_entry2], layout: [GuestMemoryLayout.Slot]
+        do {
+            (memfd, memory, sharedMemory, convertsInGuestMemfd, slots, layout) = try Self.buildMemory(
+                vm: vm, platform: platform, ram: ram, memorySize: memorySize)
+            supported = try kvm.getSupportedCPUID()
+        } catch {
+            throw .kvm(error)
+        }
+        for slot in layout { try session.addMemory(slot) }
+        vcpus = try session.createVCPUs(cpus)
+        cpuid = Self.cpuid(supported, apicID: 0)
+        do {
+            for vcpu in vcpus { try vcpu.setCPUID2(Self.cpuid(supported, apicID: vcpu.id)) }
+        } catch {
+            throw .kvm(error)
+        }
+        let irqVM = vm
+        let serial = Serial8250(output: output, interrupt: {
+            // An edge on ISA IRQ 4: raise and lower the line of the in-kernel PIC and IOAPIC.
+            _ = try? irqVM.irqLine(Serial8250.irq, level: true)
+            _ = try? irqVM.irqLine(Serial8250.irq, level: false)
+        })
+        bus.register(serial, ports: Serial8250.ports)
+        bus.register(DebugExit(), ports: DebugExit.ports)
+        let i8042 = I8042()
+        bus.register(i8042, ports: I8042.dataPort...I8042.dataPort)
+        bus.register(i8042, ports: I8042.commandPort...I8042.commandPort)
+        bus.register(CMOS(), ports: CMOS.ports)
+    }
+
+    /// Guest RAM, its slots and the interrupt controllers, in the order KVM wants them.
+    private static func buildMemory(vm: VM, platform: Platform, ram: RAMBacking, memorySize: UInt64) throws(KVMError)
+        -> (GuestMemfd?, GuestMemoryMapping?, SharedMemory?, Bool, [MemorySlot], [GuestMemoryLayout.Slot])
+    {
         // Intel's real-mode support needs these pages reserved below 4 GiB; they lie in the device hole.
         try vm.setTSSAddr(Layout.kvmTSS)
         try vm.setIdentityMapAddr(Layout.kvmIdentityMap)
 
         let attributesInGuestMemfd = platform == .plain ? 0 : try vm.checkExtension(.guestMemfdMemoryAttributes)
-        convertsInGuestMemfd = attributesInGuestMemfd != 0
+        let convertsInGuestMemfd = attributesInGuestMemfd != 0
+        let memfd: GuestMemfd?, memory: GuestMemoryMapping?, sharedMemory: SharedMemory?
         switch ram {
         case .guestMemfd:
             let shared = platform == .plain || convertsInGuestMemfd
             // Without MMAP a slot's shared accesses go to its userspace_addr; with it
             // KVM would serve them from guest_memfd too (KVM_MEMSLOT_GMEM_ONLY).
-            let memfd = try vm.createGuestMemfd(size: memorySize, flags: shared ? [.mmap, .initShared] : [])
-            self.memfd = memfd
-            memory = shared ? try memfd.map() : nil
+            let created = try vm.createGuestMemfd(size: memorySize, flags: shared ? [.mmap, .initShared] : [])
+            memfd = created
+            memory = shared ? try created.map() : nil
             sharedMemory = shared ? nil : try SharedMemory(size: memorySize, name: "guest-ram-shared")
         case .memfd:
             memfd = nil
             memory = nil
             sharedMemory = try SharedMemory(size: memorySize)
         }
-        var slots: [MemorySlot] = []
+        var slots: [MemorySlot] = [], layout: [GuestMemoryLayout.Slot] = []
         var offset: UInt64 = 0
         for (index, range) in Layout.ramRanges(memorySize: memorySize).enumerated() {
             let slot = MemorySlot(slot: UInt32(index), range: GuestRange(start: range.start, size: range.size), offset: offset)
@@ -131,8 +167,15 @@ final class Machine {
             }
             slots.append(slot)
             offset += range.size
+            let layoutSlot: GuestMemoryLayout.Slot = if let memory {
+                .init(range: slot.range, mapping: memory, fileOffset: slot.offset)
+            } else if let memfd {
+                .init(range: slot.range, memfd: memfd, fileOffset: slot.offset)
+            } else {
+                .init(range: slot.range, sharedMemory: sharedMemory!, fileOffset: slot.offset)
+            }
+            layout.append(layoutSlot)
         }
-        self.slots = slots
         if platform != .plain {
             // Page-state changes reach the VMM as KVM_HC_MAP_GPA_RANGE exits where
             // KVM offers them; otherwise as memory-fault exits on first access.
@@ -149,28 +192,7 @@ final class Machine {
         try vm.createIRQChip()
         try vm.createPIT2()
 
-        let supported = try kvm.getSupportedCPUID()
-        cpuid = Self.cpuid(supported, apicID: 0)
-        var vcpus: [VCPU] = []
-        for id in 0..<UInt32(cpus) {
-            let vcpu = try vm.createVCPU(id: id)
-            try vcpu.setCPUID2(Self.cpuid(supported, apicID: id))
-            vcpus.append(vcpu)
-        }
-        self.vcpus = vcpus
-
-        let irqVM = vm
-        let serial = Serial8250(output: output, interrupt: {
-            // An edge on ISA IRQ 4: raise and lower the line of the in-kernel PIC and IOAPIC.
-            _ = try? irqVM.irqLine(Serial8250.irq, level: true)
-            _ = try? irqVM.irqLine(Serial8250.irq, level: false)
-        })
-        bus.register(serial, ports: Serial8250.ports)
-        bus.register(DebugExit(), ports: DebugExit.ports)
-        let i8042 = I8042()
-        bus.register(i8042, ports: I8042.dataPort...I8042.dataPort)
-        bus.register(i8042, ports: I8042.commandPort...I8042.commandPort)
-        bus.register(CMOS(), ports: CMOS.ports)
+        return (memfd, memory, sharedMemory, convertsInGuestMemfd, slots, layout)
     }
 
     /// The host's supported CPUID with this vCPU's APIC id in leaf 1
@@ -197,6 +219,13 @@ final class Machine {
     /// Loads a boot state into a vCPU's registers (also a fake platform's,
     /// whose SNP VMSA is built from them).
     static func apply(_ state: BootCPUState, to vcpu: VCPU) throws(KVMError) {
+        let (regs, sregs) = try registers(for: state, from: vcpu)
+        try vcpu.setSregs(sregs)
+        try vcpu.setRegs(regs)
+    }
+
+    /// The registers of a vCPU in `state`, starting from its current segment registers.
+    static func registers(for state: BootCPUState, from vcpu: VCPU) throws(KVMError) -> (kvm_regs, kvm_sregs) {
         var sregs = try vcpu.getSregs()
         func load(_ segment: Segment, into register: inout kvm_segment) {
             register.base = UInt64(segment.base)
@@ -224,7 +253,6 @@ final class Machine {
         sregs.cr3 = state.cr3
         sregs.cr4 = state.cr4
         sregs.efer = state.efer
-        try vcpu.setSregs(sregs)
 
         var regs = kvm_regs()
         regs.rip = state.rip
@@ -232,7 +260,7 @@ final class Machine {
         regs.rsi = state.rsi
         regs.rbx = state.rbx
         regs.rflags = state.rflags
-        try vcpu.setRegs(regs)
+        return (regs, sregs)
     }
 
     /// Runs every vCPU until the guest ends the run or a vCPU fails. vCPU 0
@@ -329,13 +357,7 @@ final class Machine {
     var hostMemory: (any MappedGuestMemory)? { memory ?? sharedMemory }
 
     /// Guest memory as the population engine and conversions see it.
-    var memoryLayout: GuestMemoryLayout {
-        GuestMemoryLayout(slots: slots.map { slot in
-            if let memory { return GuestMemoryLayout.Slot(range: slot.range, mapping: memory, fileOffset: slot.offset) }
-            if let memfd { return GuestMemoryLayout.Slot(range: slot.range, memfd: memfd, fileOffset: slot.offset) }
-            return GuestMemoryLayout.Slot(range: slot.range, sharedMemory: sharedMemory!, fileOffset: slot.offset)
-        })
-    }
+    var memoryLayout: GuestMemoryLayout { session.memory }
 
     /// Makes `range` private or shared at the guest's request. Where
     /// guest_memfd holds only private memory, pages made shared are also

@@ -28,6 +28,11 @@ enum PopulateFailure: Error, CustomStringConvertible {
         if case .plan(let planError) = error.reason { self = .plan(planError) } else { self = .populate(error) }
     }
 
+    /// Wraps a launch error; `context` says which launch, for errors before population.
+    init(_ error: LaunchError, context: String) {
+        if case .population(let populateError) = error { self.init(populateError) } else { self = .engine("\(context): \(error)") }
+    }
+
     var description: String {
         switch self {
         case .plan(let error): error.description
@@ -51,9 +56,9 @@ extension Machine {
     @discardableResult
     func populatePlain(_ plan: LaunchPlan) throws(PopulateFailure) -> PopulateResult {
         do {
-            return try Populator(backend: PlainBackend(), memory: memoryLayout).populate(plan)
+            return try session.populate(plan)
         } catch {
-            throw PopulateFailure(error)
+            throw PopulateFailure(error, context: "populating guest memory")
         }
     }
 }

@@ -62,25 +62,20 @@ final class RMPOPTEmulation {
         var options = PopulateOptions()
         options.backing = setup.backing
         for _ in 0..<setup.guests {
-            let vm = try kvm.createVM(type: .snp)
-            let snp = try SEVSNP(vm: vm)
-            try snp.init2()
-            let vcpu = try vm.createVCPU(id: 0)
+            let session = try LaunchSession(kvm: kvm, platform: .snp(SNPLaunchParameters()))
+            let vm = session.vm
+            let vcpu = try session.createVCPUs(1)[0]
             let (memfd, outcome) = try Populator.createGuestMemfd(vm: vm, size: setup.guestSize, flags: [.mmap],
                                                                   options: options)
             backing = outcome
             let mapping = try memfd.map()
             try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: mapping,
                                                           size: setup.guestSize))
-            // SMT allowed, the reserved bit set, ABI 0.0.
-            try snp.launchStart(policy: 0x30000)
-            let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: setup.guestSize), mapping: mapping)],
-                                           backing: outcome)
-            let backend = try SNPBackend(vm: vm, snp: snp, memory: layout, vcpus: [vcpu])
+            try session.addMemory(.init(range: GuestRange(start: 0, size: setup.guestSize), mapping: mapping), backing: outcome)
             var observed = options
             observed.observer = fake.observer(of: vm)
-            _ = try Populator(backend: backend, memory: layout, options: observed).populate(plan())
-            guests.append(Guest(vm: vm, snp: snp, vcpu: vcpu, memfd: memfd, mapping: mapping,
+            _ = try session.populate(plan(), options: observed)
+            guests.append(Guest(vm: vm, snp: session.snp!, vcpu: vcpu, memfd: memfd, mapping: mapping,
                                 asid: fake.snpASID(of: vm) ?? 0))
         }
         launchUpdates = fake.rmpUpdates

@@ -100,18 +100,15 @@ enum BenchCycles {
     /// - Throws: `KVMError` or `PopulateError` as they come, or
     ///   `CycleError` when the guest reports the wrong sum or exits otherwise.
     static func cycle(_ index: Int, kernel: any KernelInterface, ram: RAMBacking) throws {
-        let kvm = try KVM.open(using: kernel)
-        let vm = try kvm.createVM()
-        let slot = try vm.bindSmallRAM(ram, size: memorySize)
+        let session = try LaunchSession(kvm: try KVM.open(using: kernel), platform: .plain)
+        try session.addMemory(try session.vm.bindSmallRAM(ram, size: memorySize))
+        let vcpu = try session.createVCPUs(1)[0]
         let data = data(index)
-        let layout = GuestMemoryLayout(slots: [slot])
         let plan = LaunchPlan(regions: [
             PlanRegion(name: "code", range: GuestRange(start: codeAddress, size: pageSize), contents: .bytes(guestCode)),
             PlanRegion(name: "data", range: GuestRange(start: dataAddress, size: pageSize), contents: .bytes(data)),
         ])
-        _ = try Populator(backend: PlainBackend(), memory: layout).populate(plan)
-
-        let vcpu = try vm.createVCPU(id: 0)
+        _ = try session.populate(plan)
         try vcpu.enterRealMode(at: codeAddress)
         let expected = UInt32(data.reduce(UInt8(0), &+))
         guard case .io(let io) = try vcpu.run(), io.port == reportPort, io.value & 0xFF == expected else {

@@ -195,35 +195,20 @@ enum BenchPopulate {
         let plan = LaunchPlan(regions: [PlanRegion(name: "image", range: GuestRange(start: 0, size: size), contents: .zeros,
                                                    kind: .normal)])
         var results: [(String, Int)] = []
-        for (name, profile, type) in [("SEV-SNP separate source", HostProfile.snpHost, VMType.snp),
-                                      ("SEV-SNP in place", HostProfile.snpInPlaceHost, VMType.snp),
-                                      ("TDX separate source", HostProfile.tdxHost, VMType.tdx),
-                                      ("CCA separate source", HostProfile.ccaHost, VMType.armRealm)] {
+        let cases: [(String, HostProfile, LaunchPlatform)] = [
+            ("SEV-SNP separate source", .snpHost, .snp(SNPLaunchParameters())),
+            ("SEV-SNP in place", .snpInPlaceHost, .snp(SNPLaunchParameters())),
+            ("TDX separate source", .tdxHost, .tdx(TDXLaunchParameters())),
+            ("CCA separate source", .ccaHost, .cca(CCABackend.defaultParameters)),
+        ]
+        for (name, profile, platform) in cases {
             let fake = FakeKVM(profile: profile)
-            let vm = try KVM.open(using: fake).createVM(type: type)
-            var snp: SEVSNP?
-            if type == .snp {
-                snp = try SEVSNP(vm: vm)
-                try snp!.init2()
-            }
-            if type == .tdx { try TDX(vm: vm).initVM(attributes: 0, xfam: 3) }
-            let vcpu = try vm.createVCPU(id: 0)
-            if type == .tdx { try TDX(vm: vm).initVCPU(vcpu) }
-            let memfd = try vm.createGuestMemfd(size: size, flags: profile.inPlaceConversion ? [.mmap, .initShared] : [.mmap])
-            let mapping = try memfd.map()
-            try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: mapping))
-            let layout = GuestMemoryLayout(slots: [.init(range: GuestRange(start: 0, size: size), mapping: mapping)])
-            let backend: any PopulationBackend
-            switch type {
-            case .snp:
-                try snp!.launchStart(policy: 0x30000)
-                backend = try SNPBackend(vm: vm, snp: snp!, memory: layout, vcpus: [vcpu])
-            case .tdx: backend = try TDXBackend(vm: vm, tdx: TDX(vm: vm), vcpu: vcpu, memory: layout)
-            default: backend = CCABackend(vm: vm, vcpus: [vcpu])
-            }
+            let session = try LaunchSession(kvm: try KVM.open(using: fake), platform: platform)
+            try session.createVCPUs(1)
+            try session.createMemory(at: 0, size: size, slot: 0)
             var options = PopulateOptions()
-            options.observer = fake.observer(of: vm)
-            let result = try Populator(backend: backend, memory: layout, options: options).populate(plan)
+            options.observer = fake.observer(of: session.vm)
+            let result = try session.populate(plan, options: options)
             results.append((name, result.report.ioctls))
         }
         return results

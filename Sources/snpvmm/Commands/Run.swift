@@ -344,12 +344,14 @@ enum RunCommand {
     /// Why `boot` stopped before the guest ran to an end.
     enum BootFailure: Error, CustomStringConvertible {
         case kvm(KVMError)
+        case launch(LaunchError)
         case populate(PopulateFailure)
         case machine(MachineFailure)
 
         var description: String {
             switch self {
             case .kvm(let error): "\(error)"
+            case .launch(let error): "\(error)"
             case .populate(let failure): failure.description
             case .machine(let failure): failure.description
             }
@@ -372,7 +374,7 @@ enum RunCommand {
             machine = try Machine(kvm: kvm, platform: platform, ram: ram, memorySize: options.memory,
                                   cpus: options.cpus, output: output)
         } catch {
-            throw .kvm(error)
+            throw .launch(error)
         }
         do {
             try populateGuest(setup, machine: machine, options: options)
