@@ -31,10 +31,13 @@ let package = Package(
         .target(name: "Populate", dependencies: ["GuestMemfd", "LaunchMeasurement"]),
         .target(name: "KVMFake", dependencies: ["GuestMemfd", "Populate", "CKVMHeaders", "CLibcrypto"]),
         .executableTarget(name: "snpvmm", dependencies: ["GuestMemfd", "LaunchMeasurement", "Populate", "KVMFake"]),
+        // Compiled with the package: a launch on each emulated platform through the public products only.
+        .executableTarget(name: "populate-example", dependencies: ["GuestMemfd", "LaunchMeasurement", "Populate", "KVMFake"],
+                          path: "Examples/LaunchOnFake"),
         .target(name: "Fixtures", path: "Tests/Fixtures", exclude: ["README.md", "Guests", "Measurement", "build-guests.sh"]),
         .testTarget(
             name: "PopulateTests",
-            dependencies: ["GuestMemfd", "LaunchMeasurement", "Populate", "KVMFake", "Fixtures", "CKVMHeaders", "snpvmm"]
+            dependencies: ["GuestMemfd", "LaunchMeasurement", "Populate", "KVMFake", "Fixtures", "CKVMHeaders", "snpvmm", "populate-example"]
         ),
     ],
     swiftLanguageModes: [.v6]
