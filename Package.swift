@@ -7,7 +7,8 @@ import PackageDescription
 //   LaunchMeasurement  SHA-384 and the SNP, TDX and CCA launch measurements; no KVM
 //   Populate     launch plans, population policies and the population engine
 //   KVMFake      the test double: an in-memory KVM with emulated platform firmware
-//   snpvmm       the command-line VMM
+//   VMMCore      the VMM's machinery: image loaders, guest layout, devices, Machine and its run loop
+//   snpvmm       the command layer
 let package = Package(
     name: "snpvmm",
     products: [
@@ -17,6 +18,7 @@ let package = Package(
         // A test double for embedders' test targets: an in-memory KVM with
         // emulated SEV-SNP, TDX and CCA firmware, and a fault injector.
         .library(name: "KVMFake", targets: ["KVMFake"]),
+        .library(name: "VMMCore", targets: ["VMMCore"]),
         .executable(name: "snpvmm", targets: ["snpvmm"]),
     ],
     targets: [
@@ -30,14 +32,15 @@ let package = Package(
         .target(name: "LaunchMeasurement", dependencies: ["CLibcrypto"]),
         .target(name: "Populate", dependencies: ["GuestMemfd", "LaunchMeasurement"]),
         .target(name: "KVMFake", dependencies: ["GuestMemfd", "Populate", "CKVMHeaders", "CLibcrypto"]),
-        .executableTarget(name: "snpvmm", dependencies: ["GuestMemfd", "LaunchMeasurement", "Populate", "KVMFake"]),
+        .target(name: "VMMCore", dependencies: ["CKVMHeaders", "GuestMemfd", "LaunchMeasurement", "Populate"]),
+        .executableTarget(name: "snpvmm", dependencies: ["GuestMemfd", "LaunchMeasurement", "Populate", "KVMFake", "VMMCore"]),
         // Compiled with the package: a launch on each emulated platform through the public products only.
         .executableTarget(name: "populate-example", dependencies: ["GuestMemfd", "LaunchMeasurement", "Populate", "KVMFake"],
                           path: "Examples/LaunchOnFake"),
         .target(name: "Fixtures", path: "Tests/Fixtures", exclude: ["README.md", "Guests", "Measurement", "build-guests.sh"]),
         .testTarget(
             name: "PopulateTests",
-            dependencies: ["GuestMemfd", "LaunchMeasurement", "Populate", "KVMFake", "Fixtures", "CKVMHeaders", "snpvmm", "populate-example"]
+            dependencies: ["GuestMemfd", "LaunchMeasurement", "Populate", "KVMFake", "VMMCore", "Fixtures", "CKVMHeaders", "snpvmm", "populate-example"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -5,77 +5,7 @@ import GuestMemfd
 import LaunchMeasurement
 import KVMFake
 import Populate
-
-/// The SEV-SNP launch of a machine on a host that offers SEV-SNP: the boot
-/// state goes into vCPU 0 first, because LAUNCH_FINISH seals the registers
-/// into the encrypted VMSA, then LAUNCH_START, the plan through the
-/// population engine, and LAUNCH_FINISH.
-enum SNPLaunch {
-    /// QEMU's defaults: policy 0x30000 (SMT allowed, ABI 0.0), no VMSA features.
-    static let parameters = SNPLaunchParameters()
-
-    /// `setup`'s plan with the CPUID table built from the machine's CPUID.
-    static func plan(_ setup: BootSetup, machine: Machine) throws(PopulateFailure) -> LaunchPlan {
-        var plan = setup.plan
-        for index in plan.regions.indices where plan.regions[index].kind == .cpuid {
-            do {
-                plan.regions[index].contents = .bytes(try SNPCPUIDTable.page(for: machine.cpuid))
-            } catch {
-                throw .engine("building the SEV-SNP CPUID page: \(error)")
-            }
-        }
-        return plan
-    }
-
-    static func perform(_ setup: BootSetup, machine: Machine) throws(PopulateFailure) -> PopulateResult {
-        guard machine.snp != nil else { throw .engine("the machine was not created for SEV-SNP") }
-        let plan = try plan(setup, machine: machine)
-        var options = PopulateOptions()
-        options.log = { note in
-            var standardError = StandardError()
-            Swift.print("snpvmm: \(note)", to: &standardError)
-        }
-        options.observer = FakeKVM.behind(machine.vm.kernel)?.observer(of: machine.vm)
-        // The CPUID table comes from the host's CPUID without the
-        // firmware's policy applied, so take the values it accepts; the
-        // log above prints each one it changed.
-        options.acceptCorrectedPages = true
-        do {
-            let (regs, sregs) = try Machine.registers(for: setup.cpu, from: machine.vcpus[0])
-            try machine.session.setBootState(regs: regs, sregs: sregs)
-            return try machine.session.populate(plan, options: options)
-        } catch let error as LaunchError {
-            throw PopulateFailure(error, context: "starting the SEV-SNP launch")
-        } catch {
-            throw .engine("starting the SEV-SNP launch: \(error)")
-        }
-    }
-}
-
-/// Prints a confidential launch's measurement and report on standard error
-/// and writes its ledger where asked.
-enum LaunchReport {
-    static func print(_ result: PopulateResult, label: String, ledgerPath: String?) throws(PopulateFailure) {
-        var standardError = StandardError()
-        let measurement = result.expectedMeasurement.map { Hex.encode($0) } ?? "none"
-        Swift.print("snpvmm: \(label) launch measurement \(measurement)", to: &standardError)
-        for line in result.report.description.split(separator: "\n") { Swift.print("snpvmm:   \(line)", to: &standardError) }
-        guard let ledgerPath else { return }
-        let text = Array(result.ledger.jsonLines.utf8)
-        let fd = open(ledgerPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw .file(path: ledgerPath, reason: String(cString: strerror(errno))) }
-        defer { close(fd) }
-        var done = 0
-        while done < text.count {
-            let written = text.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
-            if written < 0 {
-                if errno == EINTR { continue }
-                throw .file(path: ledgerPath, reason: String(cString: strerror(errno)))
-            }
-            done += written
-        }
-    }
-}
+import VMMCore
 
 /// `snpvmm run --platform snp|tdx|cca --emulate`: the confidential launch of
 /// the same plan, performed by the fake platform firmware (FakeKVM) through
@@ -95,7 +25,7 @@ enum EmulatedLaunch {
         } catch {
             throw .engine("\(error)")
         }
-        try LaunchReport.print(result, label: "emulated \(platform.rawValue)", ledgerPath: ledgerPath)
+        try LaunchReport.print(result, label: "emulated \(platform.rawValue)", ledgerPath: ledgerPath, log: StandardError.log)
     }
 
     /// Builds the platform's guest on the fake (VM type, platform init,

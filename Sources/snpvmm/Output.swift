@@ -1,3 +1,4 @@
+import VMMCore
 import GuestMemfd
 #if canImport(Glibc)
 import Glibc
@@ -21,6 +22,12 @@ func fail(_ message: String, status: ExitCode = .failure) -> Never {
 
 /// Standard error as a `TextOutputStream`.
 struct StandardError: TextOutputStream {
+    /// Prints `snpvmm: line` on standard error.
+    @Sendable static func log(_ line: String) {
+        var standardError = StandardError()
+        print("snpvmm: \(line)", to: &standardError)
+    }
+
     mutating func write(_ string: String) {
         var bytes = Array(string.utf8)
         _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }

@@ -1,6 +1,7 @@
 import GuestMemfd
 import KVMFake
 import Populate
+import VMMCore
 
 /// Guests launched on an emulated SEV-SNP host with RMPOPT (FakeKVM's
 /// `snpRMPOPTHost` profile) through the Populate engine, so that

@@ -1,3 +1,4 @@
+import VMMCore
 import GuestMemfd
 /// A size on snpvmm's command lines: a whole number in ASCII digits with an
 /// optional binary suffix K, M, G or T (either case, optionally followed by

@@ -1,3 +1,4 @@
+import VMMCore
 import GuestMemfd
 #if canImport(Glibc)
 import Glibc

@@ -1,3 +1,4 @@
+import VMMCore
 import GuestMemfd
 /// `snpvmm bench <name>`: benchmarks that report ratios against a baseline
 /// measured in the same run. Each benchmark lives in its own file and is

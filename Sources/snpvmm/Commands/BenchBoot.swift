@@ -1,3 +1,4 @@
+import VMMCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -98,7 +99,7 @@ enum BenchBoot {
         for ram in RAMBacking.allCases {
             var asked = RunOptions()
             asked.ram = ram == .guestMemfd ? .guestMemfd : .memfd
-            switch RunCommand.hostPlan(asked, capabilities: capabilities) {
+            switch GuestRun.hostPlan(asked, capabilities: capabilities) {
             case .success: backings.append(ram)
             case .failure(let refusal): refused.append("snpvmm run, \(ram.rawValue): not measured, \(refusal.message)")
             }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import GuestMemfd
 import Populate
+import VMMCore
 
 /// `snpvmm bench cycles`: resource hygiene on this host's KVM. Each cycle
 /// opens /dev/kvm, creates a VM and its RAM (a guest_memfd, or a memfd on
@@ -157,7 +158,7 @@ enum BenchCycles {
             var options = RunOptions()
             options.ram = choice
             let ram: RAMBacking
-            switch RunCommand.hostPlan(options, capabilities: try KVM.open(using: kernel).capabilities()) {
+            switch GuestRun.hostPlan(options, capabilities: try KVM.open(using: kernel).capabilities()) {
             case .success(let plan): ram = plan.ram
             case .failure(let refusal): fail("bench cycles: \(refusal.message)")
             }

@@ -4,6 +4,7 @@ import Glibc
 import GuestMemfd
 import LaunchMeasurement
 import Populate
+import VMMCore
 
 /// `snpvmm bench measure`: how `snpvmm measure` compares with sev-snp-measure
 /// on the same inputs, and how fast the SNP launch digest runs against

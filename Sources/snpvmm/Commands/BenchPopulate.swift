@@ -4,6 +4,7 @@ import Glibc
 #endif
 import GuestMemfd
 import Populate
+import VMMCore
 
 /// `snpvmm bench populate`: filling guest_memfd in place and from a
 /// separate source, against a plain memcpy into fresh anonymous memory, on
@@ -226,9 +227,3 @@ enum BenchPopulate {
     }
 }
 
-extension String {
-    func padding(_ width: Int, left: Bool = false) -> String {
-        let fill = String(repeating: " ", count: max(0, width - count))
-        return left ? fill + self : self + fill
-    }
-}

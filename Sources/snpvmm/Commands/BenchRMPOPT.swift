@@ -1,5 +1,6 @@
 import GuestMemfd
 import Populate
+import VMMCore
 
 /// `snpvmm bench rmpopt`: how much of a simulated SEV-SNP host keeps
 /// RMPOPT's fast path while the same guests run with 4 KiB, 2 MiB or 1 GiB
@@ -138,20 +139,4 @@ enum BenchRMPOPT {
         return "{\"host_memory\":\(setup.hostMemory),\"guests\":\(setup.guests),\"guest_size\":\(setup.guestSize),"
             + "\"cpus\":\(setup.cpus),\"policies\":{\(policies.joined(separator: ","))}}"
     }
-}
-
-/// `text` as a JSON string literal.
-func jsonString(_ text: String) -> String {
-    var out = "\""
-    for scalar in text.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case _ where scalar.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count)
-            + String(scalar.value, radix: 16)
-        default: out.unicodeScalars.append(scalar)
-        }
-    }
-    return out + "\""
 }

@@ -4,6 +4,7 @@ import Glibc
 import GuestMemfd
 import LaunchMeasurement
 import Populate
+import VMMCore
 
 /// `snpvmm measure`: offline launch measurements.
 ///

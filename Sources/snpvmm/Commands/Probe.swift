@@ -1,5 +1,6 @@
 import GuestMemfd
 import Populate
+import VMMCore
 
 /// `snpvmm probe`: reports what the host's KVM offers, its capability tier
 /// and what each missing capability costs, then runs a 12-byte real-mode
@@ -63,7 +64,7 @@ enum ProbeCommand {
             !capabilities.has(entry.feature) && entry.prerequisite.map(capabilities.has) ?? true
         }.map(\.feature)
         // The backing `run --ram auto` would pick; a plain guest always has one.
-        guard case .success(let plan) = RunCommand.hostPlan(RunOptions(), capabilities: capabilities) else {
+        guard case .success(let plan) = GuestRun.hostPlan(RunOptions(), capabilities: capabilities) else {
             fail("probe: no RAM backing for a plain guest")
         }
         let ram = plan.ram

@@ -4,11 +4,9 @@ import Glibc
 import GuestMemfd
 import LaunchMeasurement
 import Populate
+import VMMCore
 
-/// The platforms `snpvmm run` can populate a guest for.
-enum Platform: String, CaseIterable, Sendable {
-    case plain, snp, tdx, cca
-
+extension Platform {
     /// The VM type a host must offer for the platform.
     var vmType: VMType {
         switch self {
@@ -18,34 +16,6 @@ enum Platform: String, CaseIterable, Sendable {
         case .cca: .armRealm
         }
     }
-}
-
-/// The parsed command line of `snpvmm run`.
-struct RunOptions: Equatable, Sendable {
-    var kernel: String = ""
-    var initrd: String?
-    var append: String = ""
-    var memory: UInt64 = RunOptions.defaultMemory
-    var cpus: Int = 1
-    var platform: Platform = .plain
-    var emulate = false
-    var ledger: String?
-    /// Where guest RAM comes from: `--ram`.
-    var ram: RAMChoice = .auto
-    /// `--help` was given: print the help and nothing else.
-    var help = false
-
-    static let defaultMemory: UInt64 = 256 << 20
-    /// The largest `--memory` accepted.
-    static let maximumMemory: UInt64 = 1 << 40
-}
-
-/// `--ram`: the backing a user asks for.
-enum RAMChoice: String, CaseIterable, Sendable {
-    /// guest_memfd where the host can map it, else a memfd.
-    case auto
-    case guestMemfd = "guest_memfd"
-    case memfd
 }
 
 /// A command-line mistake: one line, exit status 2.
@@ -139,22 +109,23 @@ enum RunCommand {
         let ram: RAMBacking
         do {
             kvm = try KVM.open(using: kernel)
-            switch hostPlan(options, capabilities: try kvm.capabilities()) {
+            switch GuestRun.hostPlan(options, capabilities: try kvm.capabilities()) {
             case .success(let plan):
                 ram = plan.ram
-                if let note = plan.note {
-                    var standardError = StandardError()
-                    print("snpvmm: \(note)", to: &standardError)
-                }
+                if let note = plan.note { StandardError.log(note) }
             case .failure(let problem):
-                fail(problem.message, status: problem.status)
+                fail(problem.message)
             }
         } catch {
             fail("\(error)")
         }
         let end: RunEnd
         do {
-            end = try boot(setup, options: options, ram: ram, kvm: kvm, output: StandardOutput.write)
+            end = try GuestRun.boot(setup, options: options, ram: ram, kvm: kvm, output: StandardOutput.write,
+                                    log: StandardError.log) { (slots) throws(PopulateFailure) in
+                try EmulatedLaunch.perform(setup, platform: options.platform, memorySize: options.memory, cpus: options.cpus,
+                                           slots: slots, ledgerPath: options.ledger)
+            }
         } catch {
             fail(error.isUsage ? "run: \(error.description)" : error.description, status: error.isUsage ? .usage : .failure)
         }
@@ -274,141 +245,6 @@ enum RunCommand {
         return try Loader.load(BootRequest(kernel: kernel, initrd: initrd, commandLine: options.append,
                                            memorySize: options.memory, cpus: options.cpus,
                                            snp: options.platform == .snp && !options.emulate))
-    }
-
-    /// How the guest will run on this host: its RAM backing, and a note for
-    /// standard error when the backing is not the one a user would expect.
-    struct HostPlan: Equatable {
-        var ram: RAMBacking
-        var note: String?
-    }
-
-    /// Why this host cannot run the guest as asked: one line and an exit status.
-    struct HostRefusal: Error, Equatable {
-        var message: String
-        var status: ExitCode
-    }
-
-    /// Decides the RAM backing from `--ram` and what the host offers, or why
-    /// the host cannot run the guest as asked.
-    ///
-    /// A plain guest, and every `--emulate` run (whose guest then runs as a
-    /// plain one), runs from guest_memfd where the host can map it and from
-    /// a memfd otherwise; a real SNP launch needs the SNP VM type and
-    /// guest_memfd.
-    static func hostPlan(_ options: RunOptions, capabilities: HostCapabilities) -> Result<HostPlan, HostRefusal> {
-        let offered = capabilities.vmTypes.map(\.name).joined(separator: ", ")
-        let emulate = "(use --emulate to run over the emulated platform)"
-        switch (options.platform, options.emulate) {
-        case (.plain, _), (_, true):
-            switch options.ram {
-            case .memfd:
-                return .success(HostPlan(ram: .memfd))
-            case .guestMemfd:
-                if let missing = capabilities.whyMissing(.guestMemfd) ?? capabilities.whyMissing(.mmap) {
-                    return .failure(HostRefusal(message: "--ram guest_memfd: \(missing); a plain guest's RAM must be "
-                                                    + "guest_memfd the host can write (use --ram memfd or auto)", status: .failure))
-                }
-                return .success(HostPlan(ram: .guestMemfd))
-            case .auto:
-                if let missing = capabilities.whyMissing(.guestMemfd) ?? capabilities.whyMissing(.mmap) {
-                    return .success(HostPlan(ram: .memfd, note: "guest RAM is a memfd mapped shared, not guest_memfd: \(missing)"))
-                }
-                return .success(HostPlan(ram: .guestMemfd))
-            }
-        case (.snp, false):
-            guard capabilities.vmTypes.contains(.snp) else {
-                return .failure(HostRefusal(
-                    message: "--platform snp needs a host whose KVM offers \(VMType.snp.name); this host offers \(offered) \(emulate)",
-                    status: .failure))
-            }
-            if let missing = capabilities.whyMissing(.guestMemfd) {
-                return .failure(HostRefusal(message: "--platform snp keeps guest memory private in guest_memfd: \(missing)",
-                                            status: .failure))
-            }
-            return .success(HostPlan(ram: .guestMemfd))
-        case (.tdx, false):
-            // tdx_vcpu_create protects a TD's register state: KVM_SET_REGS is refused.
-            return .failure(HostRefusal(
-                message: "--platform tdx boots a TD from a TDVF firmware image whose reset vector the TDX module enters "
-                    + "with registers the host cannot set; snpvmm run loads kernels directly and no firmware, "
-                    + (capabilities.vmTypes.contains(.tdx) ? "so it cannot launch a TD on this host " : "and this host offers \(offered) ")
-                    + emulate, status: .failure))
-        case (.cca, false):
-            return .failure(HostRefusal(
-                message: "--platform cca needs an arm64 host whose KVM offers \(VMType.armRealm.name); snpvmm run boots x86 "
-                    + "kernels on x86 hosts \(emulate)", status: .failure))
-        }
-    }
-
-    /// Why `boot` stopped before the guest ran to an end.
-    enum BootFailure: Error, CustomStringConvertible {
-        case kvm(KVMError)
-        case launch(LaunchError)
-        case populate(PopulateFailure)
-        case machine(MachineFailure)
-
-        var description: String {
-            switch self {
-            case .kvm(let error): "\(error)"
-            case .launch(let error): "\(error)"
-            case .populate(let failure): failure.description
-            case .machine(let failure): failure.description
-            }
-        }
-
-        /// An invalid plan is the images' fault, like every other layout error.
-        var isUsage: Bool {
-            if case .populate(.plan) = self { return true }
-            return false
-        }
-    }
-
-    /// Creates the machine, fills its memory, sets the boot vCPU and runs it.
-    static func boot(_ setup: BootSetup, options: RunOptions, ram: RAMBacking, kvm: KVM,
-                     output: @escaping @Sendable ([UInt8]) -> Void) throws(BootFailure) -> RunEnd {
-        // --emulate launches on the fake first; the guest then runs as a plain one.
-        let platform: Platform = options.platform == .snp && !options.emulate ? .snp : .plain
-        let machine: Machine
-        do {
-            machine = try Machine(kvm: kvm, platform: platform, ram: ram, memorySize: options.memory,
-                                  cpus: options.cpus, output: output)
-        } catch {
-            throw .launch(error)
-        }
-        do {
-            try populateGuest(setup, machine: machine, options: options)
-        } catch {
-            throw .populate(error)
-        }
-        if platform == .plain {
-            // An SNP vCPU got its state before LAUNCH_FINISH sealed it.
-            do {
-                try machine.setBootState(setup.cpu)
-            } catch {
-                throw .kvm(error)
-            }
-        }
-        switch machine.run() {
-        case .success(let end): return end
-        case .failure(let failure): throw .machine(failure)
-        }
-    }
-
-    /// Fills guest memory from the launch plan. This is the single point
-    /// where a platform's population engine (and its ledger) replaces the
-    /// plain in-place copy.
-    static func populateGuest(_ setup: BootSetup, machine: Machine, options: RunOptions) throws(PopulateFailure) {
-        if machine.platform == .snp {
-            let result = try SNPLaunch.perform(setup, machine: machine)
-            try LaunchReport.print(result, label: "snp", ledgerPath: options.ledger)
-            return
-        }
-        if options.emulate {
-            try EmulatedLaunch.perform(setup, platform: options.platform, memorySize: options.memory, cpus: options.cpus,
-                                       slots: machine.slots, ledgerPath: options.ledger)
-        }
-        try machine.populatePlain(setup.plan)
     }
 }
 

@@ -3,6 +3,7 @@
 import GuestMemfd
 import LaunchMeasurement
 import Populate
+import VMMCore
 
 enum FuzzBoot {
     /// Guest RAM for the layout: small, so that images can run off its end.

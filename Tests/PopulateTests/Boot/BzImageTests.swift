@@ -1,6 +1,6 @@
 import GuestMemfd
 import Foundation
-@testable import snpvmm
+import VMMCore
 import Testing
 
 /// The bzImage setup header and the boot_params built from it

@@ -1,5 +1,5 @@
 import GuestMemfd
-@testable import snpvmm
+import VMMCore
 import Testing
 
 /// The port devices, register by register.

@@ -1,7 +1,7 @@
 import GuestMemfd
 import Fixtures
 import Foundation
-@testable import snpvmm
+import VMMCore
 import Testing
 
 /// The ELF64 parser: segments by physical address, the PVH note, and a

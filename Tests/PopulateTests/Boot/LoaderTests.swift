@@ -2,7 +2,7 @@ import Fixtures
 import Foundation
 import GuestMemfd
 import Populate
-@testable import snpvmm
+import VMMCore
 import Testing
 
 /// The loader's launch plans: which regions, where, with what contents, and

@@ -2,7 +2,7 @@ import Fixtures
 import Foundation
 import GuestMemfd
 import Populate
-@testable import snpvmm
+import VMMCore
 import Synchronization
 import Testing
 
@@ -37,7 +37,7 @@ struct RealBootTests {
         options.memory = memory
         options.cpus = cpus
         let console = Console()
-        let end = try RunCommand.boot(setup, options: options, ram: ram, kvm: kvm, output: { console.write($0) })
+        let end = try GuestRun.boot(setup, options: options, ram: ram, kvm: kvm, output: { console.write($0) })
         return (console.text, end)
     }
 

@@ -3,7 +3,7 @@ import GuestMemfd
 import LaunchMeasurement
 import KVMFake
 import Populate
-@testable import snpvmm
+import VMMCore
 import Synchronization
 import Testing
 
@@ -50,7 +50,9 @@ import Testing
         #expect(plan.regions.filter { $0.kind == .cpuid }.map(\.range.start.rawValue) == [Layout.snpCPUIDPage])
         #expect(plan.regions.filter { $0.kind == .secrets }.map(\.range.start.rawValue) == [Layout.snpSecretsPage])
 
-        let result = try SNPLaunch.perform(setup, machine: machine)
+        var options = PopulateOptions()
+        options.observer = fake.observer(of: machine.vm)
+        let result = try SNPLaunch.perform(setup, machine: machine, options: options)
         #expect(result.expectedMeasurement == expected)
         #expect(result.reportedMeasurement == expected)
         #expect(fake.snpReportFields(of: machine.vm)?.policy == 0x30000)
@@ -104,18 +106,18 @@ import Testing
         var options = RunOptions()
         options.platform = .tdx
         let tdxHost = try KVM.open(using: FakeKVM(profile: .tdxHost)).capabilities()
-        let tdx = try #require(RunCommand.hostPlan(options, capabilities: tdxHost).refusal)
+        let tdx = try #require(GuestRun.hostPlan(options, capabilities: tdxHost).refusal)
         #expect(tdx.message.contains("TDVF") && tdx.message.contains("cannot launch a TD on this host"))
         #expect(tdx.message.hasSuffix("(use --emulate to run over the emulated platform)"))
         options.platform = .cca
-        let cca = try #require(RunCommand.hostPlan(options, capabilities: try KVM.open(using: FakeKVM(profile: .ccaHost)).capabilities()).refusal)
+        let cca = try #require(GuestRun.hostPlan(options, capabilities: try KVM.open(using: FakeKVM(profile: .ccaHost)).capabilities()).refusal)
         #expect(cca.message.contains("arm64"))
         options.platform = .snp
-        #expect(RunCommand.hostPlan(options, capabilities: try KVM.open(using: FakeKVM(profile: .snpHost)).capabilities())
-                == .success(RunCommand.HostPlan(ram: .guestMemfd)))
+        #expect(GuestRun.hostPlan(options, capabilities: try KVM.open(using: FakeKVM(profile: .snpHost)).capabilities())
+                == .success(GuestRun.HostPlan(ram: .guestMemfd)))
         options.emulate = true
         options.platform = .tdx
-        #expect(RunCommand.hostPlan(options, capabilities: tdxHost) == .success(RunCommand.HostPlan(ram: .guestMemfd)))
+        #expect(GuestRun.hostPlan(options, capabilities: tdxHost) == .success(GuestRun.HostPlan(ram: .guestMemfd)))
     }
 
     @Test func anSNPLayoutReservesItsPagesAndPointsBootParamsAtTheCCBlob() throws {
@@ -169,9 +171,9 @@ import Testing
     }
 }
 
-extension Result where Success == RunCommand.HostPlan, Failure == RunCommand.HostRefusal {
+extension Result where Success == GuestRun.HostPlan, Failure == GuestRun.HostRefusal {
     /// The refusal, nil where the host can run the guest.
-    var refusal: RunCommand.HostRefusal? {
+    var refusal: GuestRun.HostRefusal? {
         if case .failure(let refusal) = self { return refusal }
         return nil
     }

@@ -1,6 +1,6 @@
 import GuestMemfd
 import Foundation
-@testable import snpvmm
+import VMMCore
 
 /// Small ELF64 images built field by field for the loader tests, with the
 /// offsets of `Elf64_Ehdr`, `Elf64_Phdr` and `Elf64_Nhdr`.

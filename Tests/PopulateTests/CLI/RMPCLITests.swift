@@ -2,7 +2,7 @@ import GuestMemfd
 import KVMFake
 import Foundation
 import Testing
-@testable import snpvmm
+import VMMCore
 
 /// The JSON object a run printed.
 private func object(_ text: String) throws -> [String: Any] {

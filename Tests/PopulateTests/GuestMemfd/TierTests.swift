@@ -1,7 +1,7 @@
 import GuestMemfd
 import KVMFake
 import Populate
-@testable import snpvmm
+import VMMCore
 import Testing
 
 /// Capability tiers, the feature-hiding decorator and the memfd fallback,
@@ -78,31 +78,30 @@ import Testing
 
     @Test func autoRAMIsMemfdWithANoteWhereGuestMemfdCannotBeMapped() throws {
         let options = RunOptions()
-        #expect(RunCommand.hostPlan(options, capabilities: try Self.capabilities(.thisMachineWithoutGuestMemfd))
+        #expect(GuestRun.hostPlan(options, capabilities: try Self.capabilities(.thisMachineWithoutGuestMemfd))
                 == .success(.init(ram: .memfd, note: "guest RAM is a memfd mapped shared, not guest_memfd: "
                                   + "host KVM lacks guest_memfd (KVM_CAP_GUEST_MEMFD = 0)")))
-        #expect(RunCommand.hostPlan(options, capabilities: try Self.capabilities(.thisMachine, hiding: [.mmap]))
+        #expect(GuestRun.hostPlan(options, capabilities: try Self.capabilities(.thisMachine, hiding: [.mmap]))
                 == .success(.init(ram: .memfd, note: "guest RAM is a memfd mapped shared, not guest_memfd: "
                                   + "host KVM's guest_memfd lacks MMAP|INIT_SHARED (KVM_CAP_GUEST_MEMFD_FLAGS = none)")))
-        #expect(RunCommand.hostPlan(options, capabilities: try Self.capabilities(.thisMachine)) == .success(.init(ram: .guestMemfd)))
+        #expect(GuestRun.hostPlan(options, capabilities: try Self.capabilities(.thisMachine)) == .success(.init(ram: .guestMemfd)))
     }
 
     @Test func emulatedLaunchesRunTheirGuestFromMemfdWithoutGuestMemfd() throws {
         var options = RunOptions()
         options.platform = .snp
         options.emulate = true
-        #expect(RunCommand.hostPlan(options, capabilities: try Self.capabilities(.thisMachineWithoutGuestMemfd)).map(\.ram)
+        #expect(GuestRun.hostPlan(options, capabilities: try Self.capabilities(.thisMachineWithoutGuestMemfd)).map(\.ram)
                 == .success(.memfd))
     }
 
-    @Test func guestMemfdAskedForOnAHostWithoutItIsRefusedWithStatusOne() throws {
+    @Test func guestMemfdAskedForOnAHostWithoutItIsRefusedNamingTheCapability() throws {
         var options = RunOptions()
         options.ram = .guestMemfd
-        let refusal = try #require(RunCommand.hostPlan(options, capabilities: try Self.capabilities(.thisMachineWithoutGuestMemfd)).refusal)
-        #expect(refusal.status == .failure)
+        let refusal = try #require(GuestRun.hostPlan(options, capabilities: try Self.capabilities(.thisMachineWithoutGuestMemfd)).refusal)
         #expect(refusal.message.hasPrefix("--ram guest_memfd: host KVM lacks guest_memfd (KVM_CAP_GUEST_MEMFD = 0)"))
         options.ram = .memfd
-        #expect(RunCommand.hostPlan(options, capabilities: try Self.capabilities(.thisMachine)) == .success(.init(ram: .memfd)))
+        #expect(GuestRun.hostPlan(options, capabilities: try Self.capabilities(.thisMachine)) == .success(.init(ram: .memfd)))
     }
 
     @Test func aMachineOnAKVMWithoutGuestMemfdPopulatesMemfdRAMThroughOrdinaryMemslots() throws {

@@ -3,7 +3,7 @@ import Foundation
 import GuestMemfd
 import LaunchMeasurement
 @testable import Populate
-@testable import snpvmm
+import VMMCore
 import Testing
 
 /// Hostile and broken input, one named case a row: command lines and files

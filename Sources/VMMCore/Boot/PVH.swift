@@ -6,7 +6,7 @@ import GuestMemfd
 /// Layouts are those of xen/include/public/arch-x86/hvm/start_info.h,
 /// version 1: every address and size is a 64-bit little-endian value, and
 /// an address of 0 means "not present".
-enum PVH {
+public enum PVH {
     /// `XEN_HVM_START_MAGIC_VALUE`: "xEn3" with the 0x80 bit of the "E" set.
     static let startMagic: UInt32 = 0x336E_C578
     /// Version 1 adds `memmap_paddr` and `memmap_entries`.

@@ -10,7 +10,9 @@ import GuestMemfd
 /// full" bit reads clear, so a guest waiting to send a command (Linux's
 /// `kb_wait()` before the reset) need not spin. Linux's i8042 driver sees
 /// an output buffer that never drains and reports "No controller found".
-final class I8042: PortDevice {
+public final class I8042: PortDevice {
+    public init() {}
+
     /// The data port; 0x61 to 0x63 between the two belong to other devices (the PIT's speaker gate).
     static let dataPort: UInt16 = 0x60
     static let commandPort: UInt16 = 0x64
@@ -18,11 +20,11 @@ final class I8042: PortDevice {
     /// All status bits set except bit 1, input buffer full.
     static let status: UInt32 = 0xFD
 
-    func read(port: UInt16, size: Int) -> UInt32 {
+    public func read(port: UInt16, size: Int) -> UInt32 {
         port == Self.commandPort ? Self.status : UInt32.max
     }
 
-    func write(port: UInt16, size: Int, value: UInt32) -> RunEnd? {
+    public func write(port: UInt16, size: Int, value: UInt32) -> RunEnd? {
         port == Self.commandPort && UInt8(truncatingIfNeeded: value) == Self.resetCommand ? .i8042Reset : nil
     }
 }

@@ -2,34 +2,44 @@ import GuestMemfd
 import Populate
 
 /// What to boot: the images, the command line and the machine's size.
-struct BootRequest: Sendable {
-    var kernel: ImageSource
-    var initrd: ImageSource?
-    var commandLine: String = ""
+public struct BootRequest: Sendable {
+    public var kernel: ImageSource
+    public var initrd: ImageSource?
+    public var commandLine: String = ""
     /// Guest RAM in bytes, a multiple of 4 KiB and at least `Layout.minimumMemory`.
-    var memorySize: UInt64
-    var cpus: Int = 1
+    public var memorySize: UInt64
+    public var cpus: Int = 1
     /// Lay the guest out for SEV-SNP: the CPUID, secrets and CC blob pages
     /// (`SNPGuestPages`), reserved in the memory map, and for a bzImage the
     /// blob's address in boot_params.
-    var snp = false
+    public var snp = false
+
+    public init(kernel: ImageSource, initrd: ImageSource? = nil, commandLine: String = "", memorySize: UInt64,
+                cpus: Int = 1, snp: Bool = false) {
+        self.kernel = kernel
+        self.initrd = initrd
+        self.commandLine = commandLine
+        self.memorySize = memorySize
+        self.cpus = cpus
+        self.snp = snp
+    }
 }
 
 /// The boot protocols snpvmm speaks.
-enum KernelFormat: String, Sendable {
+public enum KernelFormat: String, Sendable {
     case pvh = "ELF64 kernel with a Xen PVH entry"
     case bzImage = "Linux bzImage, 64-bit boot protocol"
 }
 
 /// Everything a platform needs to start the guest: the memory contents as
 /// a launch plan, and the boot vCPU's initial state.
-struct BootSetup: Sendable {
-    var format: KernelFormat
+public struct BootSetup: Sendable {
+    public var format: KernelFormat
     /// The regions to populate, in order; everything else in RAM starts as zeros.
-    var plan: LaunchPlan
-    var cpu: BootCPUState
+    public var plan: LaunchPlan
+    public var cpu: BootCPUState
     /// The memory map the guest was given (e820 or the PVH memory map).
-    var memoryMap: [MemoryMapEntry]
+    public var memoryMap: [MemoryMapEntry]
 }
 
 /// Recognises the kernel's format and lays out the guest: kernel, initrd,
@@ -38,8 +48,8 @@ struct BootSetup: Sendable {
 ///
 /// The shape follows kvmtool's `x86/kvm.c` loader: try one format, then the
 /// next, and give up with an error naming what the file is.
-enum Loader {
-    static func load(_ request: BootRequest) throws(ImageError) -> BootSetup {
+public enum Loader {
+    public static func load(_ request: BootRequest) throws(ImageError) -> BootSetup {
         guard request.memorySize >= Layout.minimumMemory, request.memorySize % pageSize == 0 else {
             throw .unsupportedRequest("guest memory must be a multiple of 4 KiB and at least \(Layout.minimumMemory >> 20) MiB")
         }
@@ -63,7 +73,7 @@ enum Loader {
 
     // MARK: PVH
 
-    static func loadPVH(_ elf: ELFKernel, _ request: BootRequest) throws(ImageError) -> BootSetup {
+    public static func loadPVH(_ elf: ELFKernel, _ request: BootRequest) throws(ImageError) -> BootSetup {
         guard let entry = elf.pvhEntry else { throw .noPVHEntryNote }
         guard elf.segments.contains(where: { UInt64(entry) >= $0.physicalAddress && UInt64(entry) < $0.physicalEnd }) else {
             throw .badPVHNote("the entry point \(hex(entry)) is not inside any loadable segment")
@@ -161,7 +171,7 @@ enum Loader {
 
     // MARK: bzImage
 
-    static func loadBzImage(_ image: BzImage, _ request: BootRequest) throws(ImageError) -> BootSetup {
+    public static func loadBzImage(_ image: BzImage, _ request: BootRequest) throws(ImageError) -> BootSetup {
         let ram = Layout.ramRanges(memorySize: request.memorySize)
         let lowEnd = ram[0].size
         let load = Layout.highMemory

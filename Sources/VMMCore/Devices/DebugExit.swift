@@ -3,17 +3,19 @@ import GuestMemfd
 /// a write of `v` ends the run, and snpvmm exits with status (v << 1) | 1,
 /// as QEMU does (hw/misc/debugexit.c), so a guest can report a result
 /// that can never be mistaken for a clean 0.
-final class DebugExit: PortDevice {
+public final class DebugExit: PortDevice {
+    public init() {}
+
     static let ports: ClosedRange<UInt16> = 0xF4...0xF7
 
     /// The exit status a written value maps to; the operating system keeps its low 8 bits.
-    static func exitStatus(for value: UInt32) -> Int32 {
+    public static func exitStatus(for value: UInt32) -> Int32 {
         Int32(truncatingIfNeeded: (value << 1) | 1)
     }
 
-    func read(port: UInt16, size: Int) -> UInt32 { 0 }
+    public func read(port: UInt16, size: Int) -> UInt32 { 0 }
 
-    func write(port: UInt16, size: Int, value: UInt32) -> RunEnd? {
+    public func write(port: UInt16, size: Int, value: UInt32) -> RunEnd? {
         .debugExit(value: value)
     }
 }

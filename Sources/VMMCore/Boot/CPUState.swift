@@ -5,7 +5,7 @@ import GuestMemfd
 ///
 /// Descriptor bit positions are those of the Intel SDM, Vol. 3A, 3.4.5
 /// "Segment Descriptors".
-struct Segment: Equatable, Sendable {
+public struct Segment: Equatable, Sendable {
     var selector: UInt16
     var base: UInt32 = 0
     /// The 20-bit limit field; in pages when `granularity4K`.
@@ -23,7 +23,7 @@ struct Segment: Equatable, Sendable {
     var granularity4K = true
 
     /// The 8-byte descriptor.
-    var descriptor: UInt64 {
+    public var descriptor: UInt64 {
         var value = UInt64(limit & 0xFFFF) | UInt64(base & 0xFF_FFFF) << 16
         value |= UInt64(type & 0xF) << 40
         if !isSystem { value |= 1 << 44 }
@@ -37,13 +37,13 @@ struct Segment: Equatable, Sendable {
     }
 
     /// The limit in bytes, as the hidden segment register holds it.
-    var byteLimit: UInt32 { granularity4K ? (limit << 12) | 0xFFF : limit }
+    public var byteLimit: UInt32 { granularity4K ? (limit << 12) | 0xFFF : limit }
 }
 
 /// The state the boot vCPU starts in: the mode, the registers a boot
 /// protocol names, and the segments and tables that mode needs. The GDT and
 /// page tables it points at are regions of the launch plan.
-struct BootCPUState: Equatable, Sendable {
+public struct BootCPUState: Equatable, Sendable {
     enum Mode: String, Sendable {
         /// Flat 32-bit protected mode with paging off: the PVH entry.
         case protected32 = "32-bit protected mode, paging off"
@@ -55,17 +55,17 @@ struct BootCPUState: Equatable, Sendable {
     var rip: UInt64
     var rsp: UInt64 = Layout.bootStackPointer
     /// %rsi: `boot_params` for the Linux entry.
-    var rsi: UInt64 = 0
+    public var rsi: UInt64 = 0
     /// %rbx: `hvm_start_info` for the PVH entry.
     var rbx: UInt64 = 0
     /// Bit 1 is reserved and set; IF, TF and VM are clear, as both protocols require.
     var rflags: UInt64 = 0x2
-    var code: Segment
-    var data: Segment
-    var task: Segment
+    public var code: Segment
+    public var data: Segment
+    public var task: Segment
     var gdtBase: UInt64 = Layout.gdt
     var cr0: UInt64
-    var cr3: UInt64 = 0
+    public var cr3: UInt64 = 0
     var cr4: UInt64 = 0
     var efer: UInt64 = 0
 
@@ -82,7 +82,7 @@ struct BootCPUState: Equatable, Sendable {
 
     /// The GDT: two null entries, code, data, and a TSS entry whose upper
     /// half (a 16-byte system descriptor in long mode) is the zero entry after it.
-    var gdtBytes: [UInt8] {
+    public var gdtBytes: [UInt8] {
         var table = LittleEndianWriter(count: 6 * 8)
         table.store(code.descriptor, at: Int(Self.codeSelector))
         table.store(data.descriptor, at: Int(Self.dataSelector))
@@ -96,7 +96,7 @@ struct BootCPUState: Equatable, Sendable {
     /// start-info address; CR0 has PE and no other writable bit; CR4 is 0;
     /// CS is flat 32-bit execute/read; DS, ES (and here SS, FS, GS) flat
     /// 32-bit read/write; TR a 32-bit busy TSS with base 0 and limit 0x67.
-    static func pvh(entry: UInt32, startInfo: UInt64) -> BootCPUState {
+    public static func pvh(entry: UInt32, startInfo: UInt64) -> BootCPUState {
         BootCPUState(mode: .protected32, rip: UInt64(entry), rbx: startInfo,
                      code: Segment(selector: codeSelector, type: 0xB),
                      data: Segment(selector: dataSelector, type: 0x3),
@@ -110,7 +110,7 @@ struct BootCPUState: Equatable, Sendable {
     /// covering the kernel, boot_params and command line; CS `__BOOT_CS`
     /// and DS/ES/SS `__BOOT_DS`, both 4 GiB flat; interrupts off; %rsi
     /// holding the address of boot_params.
-    static func linux64(entry: UInt64, bootParams: UInt64) -> BootCPUState {
+    public static func linux64(entry: UInt64, bootParams: UInt64) -> BootCPUState {
         BootCPUState(mode: .long64, rip: entry, rsi: bootParams,
                      code: Segment(selector: codeSelector, type: 0xB, defaultSize32: false, long: true),
                      data: Segment(selector: dataSelector, type: 0x3),
@@ -123,7 +123,7 @@ struct BootCPUState: Equatable, Sendable {
     /// with 2 MiB pages: one PML4 entry, one PDPT entry per GiB, and a page
     /// directory per GiB (Intel SDM Vol. 3A, 4.5 "4-Level Paging").
     /// The bytes start at `Layout.pml4`, one 4 KiB table after another.
-    static func identityPageTables() -> [UInt8] {
+    public static func identityPageTables() -> [UInt8] {
         let present: UInt64 = 1 << 0, writable: UInt64 = 1 << 1, largePage: UInt64 = 1 << 7
         let gigabytes = Int(Layout.identityMappedBytes >> 30)
         var tables = LittleEndianWriter(count: (2 + gigabytes) * 4096)

@@ -9,7 +9,7 @@ import GuestMemfd
 /// line status always shows THRE and TEMT, and a "THR empty" interrupt is
 /// raised whenever it is enabled or a byte has been sent. Input is only what
 /// the guest sends itself in loopback mode, which Linux uses to detect the port.
-final class Serial8250: PortDevice {
+public final class Serial8250: PortDevice {
     static let ports: ClosedRange<UInt16> = 0x3F8...0x3FF
     static let irq: UInt32 = 4
 
@@ -42,7 +42,7 @@ final class Serial8250: PortDevice {
     /// - Parameters:
     ///   - output: receives each byte the guest transmits, as it is transmitted.
     ///   - interrupt: pulses the UART's interrupt line.
-    init(output: @escaping ([UInt8]) -> Void, interrupt: @escaping () -> Void) {
+    public init(output: @escaping ([UInt8]) -> Void, interrupt: @escaping () -> Void) {
         self.output = output
         self.interrupt = interrupt
     }
@@ -50,7 +50,7 @@ final class Serial8250: PortDevice {
     private var divisorLatch: Bool { lineControlRegister & Self.lcrDivisorLatch != 0 }
     private var loopback: Bool { modemControlRegister & Self.mcrLoopback != 0 }
 
-    func read(port: UInt16, size: Int) -> UInt32 {
+    public func read(port: UInt16, size: Int) -> UInt32 {
         let register = Int(port - Self.ports.lowerBound)
         let value: UInt8
         switch register {
@@ -87,7 +87,7 @@ final class Serial8250: PortDevice {
         return UInt32(value)
     }
 
-    func write(port: UInt16, size: Int, value: UInt32) -> RunEnd? {
+    public func write(port: UInt16, size: Int, value: UInt32) -> RunEnd? {
         let register = Int(port - Self.ports.lowerBound)
         let byte = UInt8(truncatingIfNeeded: value)
         switch register {

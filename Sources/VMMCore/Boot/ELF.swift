@@ -6,27 +6,27 @@ import GuestMemfd
 /// Field offsets are those of `Elf64_Ehdr`, `Elf64_Phdr` and `Elf64_Nhdr`
 /// (System V gABI, "ELF Header", "Program Header", "Note Section"; the same
 /// layout as `include/uapi/linux/elf.h`).
-struct ELFKernel: Equatable, Sendable {
+public struct ELFKernel: Equatable, Sendable {
     /// One `PT_LOAD` program header with bytes to load.
-    struct Segment: Equatable, Sendable {
+    public struct Segment: Equatable, Sendable {
         /// The program header's index, for messages.
-        var index: Int
+        public var index: Int
         var fileOffset: UInt64
         /// `p_paddr`: where the segment goes in guest-physical memory.
-        var physicalAddress: UInt64
+        public var physicalAddress: UInt64
         /// `p_filesz`: bytes taken from the file.
-        var fileSize: UInt64
+        public var fileSize: UInt64
         /// `p_memsz`: bytes of memory; those past `fileSize` are zero (the BSS).
-        var memorySize: UInt64
+        public var memorySize: UInt64
 
         /// The first byte past the segment in guest memory (checked not to wrap when parsed).
         var physicalEnd: UInt64 { physicalAddress + memorySize }
     }
 
     /// The `PT_LOAD` segments with a non-zero `p_memsz`, in program-header order.
-    var segments: [Segment]
+    public var segments: [Segment]
     /// `XEN_ELFNOTE_PHYS32_ENTRY`, or nil when the kernel has no such note.
-    var pvhEntry: UInt32?
+    public var pvhEntry: UInt32?
 
     static let magic: [UInt8] = [0x7F, 0x45, 0x4C, 0x46]  // "\x7fELF"
 
@@ -52,7 +52,7 @@ struct ELFKernel: Equatable, Sendable {
     ///
     /// - Throws: `ImageError` naming the header or program header that is
     ///   malformed, or the kind of ELF file that is not an x86-64 executable.
-    init(_ image: ImageSource) throws(ImageError) {
+    public init(_ image: ImageSource) throws(ImageError) {
         let header = LittleEndianBytes(bytes: try image.read(offset: 0, count: Self.headerSize, "ELF header"),
                                        what: "ELF header")
         let elfClass = try header.u8(Self.classOffset)

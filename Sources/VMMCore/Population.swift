@@ -3,17 +3,17 @@ import Populate
 
 /// One memslot of the guest: a guest-physical range and where it starts in
 /// the guest_memfd (and so in the guest_memfd's mapping).
-struct MemorySlot: Equatable, Sendable {
-    var slot: UInt32
-    var range: GuestRange
-    var offset: UInt64
+public struct MemorySlot: Equatable, Sendable {
+    public var slot: UInt32
+    public var range: GuestRange
+    public var offset: UInt64
 
     /// The mapping offset of `address`, which the caller knows lies in `range`.
     func offset(of address: GuestPhysicalAddress) -> UInt64 { offset + (address.rawValue - range.start.rawValue) }
 }
 
 /// Why filling guest memory stopped before the guest could run.
-enum PopulateFailure: Error, CustomStringConvertible {
+public enum PopulateFailure: Error, CustomStringConvertible {
     /// The plan breaks a rule; nothing was written.
     case plan(PlanError)
     /// The population engine stopped; the error lists what was populated.
@@ -29,11 +29,11 @@ enum PopulateFailure: Error, CustomStringConvertible {
     }
 
     /// Wraps a launch error; `context` says which launch, for errors before population.
-    init(_ error: LaunchError, context: String) {
+    public init(_ error: LaunchError, context: String) {
         if case .population(let populateError) = error { self.init(populateError) } else { self = .engine("\(context): \(error)") }
     }
 
-    var description: String {
+    public var description: String {
         switch self {
         case .plan(let error): error.description
         case .populate(let error): "populating guest memory: \(error)"
@@ -54,7 +54,7 @@ extension Machine {
     ///   invalid, otherwise the engine's error naming the region and what
     ///   was written before it.
     @discardableResult
-    func populatePlain(_ plan: LaunchPlan) throws(PopulateFailure) -> PopulateResult {
+    public func populatePlain(_ plan: LaunchPlan) throws(PopulateFailure) -> PopulateResult {
         do {
             return try session.populate(plan)
         } catch {

@@ -7,7 +7,7 @@ import GuestMemfd
 /// of conventional memory; the kernel goes at 1 MiB and above; the last
 /// gigabyte below 4 GiB is left to devices, and RAM beyond it continues at
 /// 4 GiB.
-enum Layout {
+public enum Layout {
     /// The boot GDT, one page that also leaves the real-mode IVT area alone.
     static let gdt: UInt64 = 0x500
     /// The page holding the GDT, as a plan region.
@@ -41,7 +41,7 @@ enum Layout {
     /// The Extended BIOS Data Area: the last KiB of the first 640 KiB, where
     /// the MP floating pointer and table go (Intel MultiProcessor
     /// Specification 1.4, section 4: the first KiB of the EBDA is searched).
-    static let ebda: UInt64 = 0x9_FC00
+    public static let ebda: UInt64 = 0x9_FC00
     /// The page that holds the EBDA, as a plan region.
     static let ebdaPage: UInt64 = 0x9_F000
     /// The end of conventional memory; the legacy VGA and BIOS hole follows up to 1 MiB.
@@ -53,7 +53,7 @@ enum Layout {
     /// The start of the device hole below 4 GiB; RAM beyond this address moves to 4 GiB.
     static let mmioGap: UInt64 = 0xC000_0000
     /// The IOAPIC's MMIO base (the in-kernel irqchip's).
-    static let ioapic: UInt64 = 0xFEC0_0000
+    public static let ioapic: UInt64 = 0xFEC0_0000
     /// The local APIC's MMIO base.
     static let localAPIC: UInt64 = 0xFEE0_0000
     /// The page KVM_SET_IDENTITY_MAP_ADDR reserves (Intel real mode without unrestricted guest).
@@ -66,17 +66,17 @@ enum Layout {
     /// An SEV-SNP guest's CPUID table page, secrets page and CC blob (the
     /// page naming both), reserved in its memory map. They lie between the
     /// command line and the EBDA.
-    static let snpCPUIDPage: UInt64 = 0x3_0000
-    static let snpSecretsPage: UInt64 = 0x3_1000
-    static let snpCCBlob: UInt64 = 0x3_2000
+    public static let snpCPUIDPage: UInt64 = 0x3_0000
+    public static let snpSecretsPage: UInt64 = 0x3_1000
+    public static let snpCCBlob: UInt64 = 0x3_2000
     static let snpPagesSize: UInt64 = 0x3000
 
     /// The smallest `--memory` snpvmm accepts: the low structures and a small kernel.
-    static let minimumMemory: UInt64 = 2 << 20
+    public static let minimumMemory: UInt64 = 2 << 20
 
     /// The guest-physical RAM ranges a guest of `size` bytes gets, in order:
     /// below the device hole, then above 4 GiB when `size` reaches into the hole.
-    static func ramRanges(memorySize size: UInt64) -> [(start: UInt64, size: UInt64)] {
+    public static func ramRanges(memorySize size: UInt64) -> [(start: UInt64, size: UInt64)] {
         if size <= mmioGap { return [(0, size)] }
         return [(0, mmioGap), (highRAM, size - mmioGap)]
     }
@@ -85,7 +85,7 @@ enum Layout {
     /// PVH memory map share it): conventional memory up to the EBDA, the
     /// EBDA reserved, then RAM from 1 MiB.
     /// An SEV-SNP guest's map also reserves its three SNP pages.
-    static func memoryMap(memorySize size: UInt64, snp: Bool = false) -> [MemoryMapEntry] {
+    public static func memoryMap(memorySize size: UInt64, snp: Bool = false) -> [MemoryMapEntry] {
         var entries = snp
             ? [MemoryMapEntry(start: 0, size: snpCPUIDPage, type: .ram),
                MemoryMapEntry(start: snpCPUIDPage, size: snpPagesSize, type: .reserved),
@@ -102,15 +102,21 @@ enum Layout {
 }
 
 /// One entry of the guest's memory map.
-struct MemoryMapEntry: Equatable, Sendable {
+public struct MemoryMapEntry: Equatable, Sendable {
     /// The e820 and PVH type numbers, which agree (arch/x86/include/asm/e820/types.h,
     /// xen/include/public/arch-x86/hvm/start_info.h XEN_HVM_MEMMAP_TYPE_*).
-    enum Kind: UInt32, Sendable {
+    public enum Kind: UInt32, Sendable {
         case ram = 1
         case reserved = 2
     }
 
-    var start: UInt64
-    var size: UInt64
-    var type: Kind
+    public var start: UInt64
+    public var size: UInt64
+    public var type: Kind
+
+    public init(start: UInt64, size: UInt64, type: Kind) {
+        self.start = start
+        self.size = size
+        self.type = type
+    }
 }

@@ -11,7 +11,7 @@ import Populate
 /// A file is read with `pread(2)` on demand, so a 60 MiB vmlinux costs only
 /// its headers here; the loaded segments stay on disk until population
 /// copies them straight into guest memory.
-struct ImageSource: Sendable {
+public struct ImageSource: Sendable {
     /// The file the bytes come from, for plan regions that name it; nil for in-memory bytes.
     let path: String?
     let size: UInt64
@@ -23,7 +23,7 @@ struct ImageSource: Sendable {
     }
 
     /// Bytes held in memory, for tests and fuzzing.
-    init(bytes: [UInt8]) {
+    public init(bytes: [UInt8]) {
         self.path = nil
         self.size = UInt64(bytes.count)
         self.storage = .bytes(bytes)
@@ -33,7 +33,7 @@ struct ImageSource: Sendable {
     /// no writer is refused as not a regular file rather than waited on.
     ///
     /// - Throws: `ImageError.unreadable` naming the file and the errno's text.
-    init(path: String, role: String) throws(ImageError) {
+    public init(path: String, role: String) throws(ImageError) {
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw .unreadable(role: role, path: path, reason: String(cString: strerror(errno))) }
         let descriptor = FileDescriptor(fd)
@@ -99,31 +99,36 @@ extension ImageSource {
 }
 
 /// A file descriptor closed when the last copy of the image source goes away.
-final class FileDescriptor: Sendable {
+public final class FileDescriptor: Sendable {
     let fd: CInt
     init(_ fd: CInt) { self.fd = fd }
     deinit { close(fd) }
 }
 
 /// Little-endian field access on a header read from an image, bounds-checked.
-struct LittleEndianBytes {
-    let bytes: [UInt8]
+public struct LittleEndianBytes {
+    public let bytes: [UInt8]
     /// What these bytes are, for error messages ("ELF header").
     let what: String
 
-    func u8(_ offset: Int) throws(ImageError) -> UInt8 {
+    public init(bytes: [UInt8], what: String) {
+        self.bytes = bytes
+        self.what = what
+    }
+
+    public func u8(_ offset: Int) throws(ImageError) -> UInt8 {
         UInt8(try unsigned(offset, 1))
     }
 
-    func u16(_ offset: Int) throws(ImageError) -> UInt16 {
+    public func u16(_ offset: Int) throws(ImageError) -> UInt16 {
         UInt16(try unsigned(offset, 2))
     }
 
-    func u32(_ offset: Int) throws(ImageError) -> UInt32 {
+    public func u32(_ offset: Int) throws(ImageError) -> UInt32 {
         UInt32(try unsigned(offset, 4))
     }
 
-    func u64(_ offset: Int) throws(ImageError) -> UInt64 {
+    public func u64(_ offset: Int) throws(ImageError) -> UInt64 {
         try unsigned(offset, 8)
     }
 
@@ -138,21 +143,21 @@ struct LittleEndianBytes {
 }
 
 /// A little-endian byte buffer the loaders build boot structures in.
-struct LittleEndianWriter {
-    private(set) var bytes: [UInt8]
+public struct LittleEndianWriter {
+    public private(set) var bytes: [UInt8]
 
-    init(count: Int) { bytes = [UInt8](repeating: 0, count: count) }
+    public init(count: Int) { bytes = [UInt8](repeating: 0, count: count) }
 
     /// Stores `value` in `width` bytes at `offset`; the offsets are the
     /// loaders' own constants, so a store outside the buffer is a bug.
-    mutating func store<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+    public mutating func store<T: FixedWidthInteger>(_ value: T, at offset: Int) {
         precondition(offset >= 0 && offset + T.bitWidth / 8 <= bytes.count, "boot structure store outside its buffer")
         for index in 0..<(T.bitWidth / 8) {
             bytes[offset + index] = UInt8(truncatingIfNeeded: value >> (8 * index))
         }
     }
 
-    mutating func store(_ data: [UInt8], at offset: Int) {
+    public mutating func store(_ data: [UInt8], at offset: Int) {
         precondition(offset >= 0 && offset + data.count <= bytes.count, "boot structure store outside its buffer")
         bytes.replaceSubrange(offset..<offset + data.count, with: data)
     }

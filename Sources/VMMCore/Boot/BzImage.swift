@@ -6,28 +6,28 @@ import GuestMemfd
 ///
 /// Offsets below are into the image and, equally, into `struct boot_params`
 /// (the "zero page"), which embeds the setup header at the same offset.
-struct BzImage: Equatable, Sendable {
+public struct BzImage: Equatable, Sendable {
     /// The setup header's bytes, from 0x1F1 to its end, copied into boot_params.
-    var setupHeader: [UInt8]
+    public var setupHeader: [UInt8]
     /// `version` (0x206): the boot protocol, major << 8 | minor.
-    var protocolVersion: UInt16
+    public var protocolVersion: UInt16
     /// The protected-mode kernel's offset in the file: (setup_sects + 1) * 512.
-    var kernelOffset: UInt64
+    public var kernelOffset: UInt64
     /// The protected-mode kernel's size in the file.
-    var kernelSize: UInt64
+    public var kernelSize: UInt64
     /// `relocatable_kernel` (0x234).
-    var relocatable: Bool
+    public var relocatable: Bool
     /// `kernel_alignment` (0x230).
-    var kernelAlignment: UInt32
+    public var kernelAlignment: UInt32
     /// `pref_address` (0x258): where a non-relocatable kernel runs, and the
     /// lowest address a relocatable one decompresses to.
-    var preferredAddress: UInt64
+    public var preferredAddress: UInt64
     /// `init_size` (0x260): memory the kernel needs from its run address before it reads the memory map.
-    var initSize: UInt32
+    public var initSize: UInt32
     /// `cmdline_size` (0x238): the longest command line, without its NUL.
-    var commandLineLimit: Int
+    public var commandLineLimit: Int
     /// `initrd_addr_max` (0x22C): the highest address the initrd may occupy.
-    var initrdAddressMax: UInt32
+    public var initrdAddressMax: UInt32
 
     // Setup-header fields (boot.rst, "The Real-Mode Kernel Header").
     static let setupHeaderStart = 0x1F1
@@ -72,7 +72,7 @@ struct BzImage: Equatable, Sendable {
     /// - Throws: `ImageError.unsupportedBzImage` for a zImage, a protocol
     ///   older than 2.12, a kernel without the 64-bit entry, or a header too
     ///   short for its protocol; `.truncated` when the image ends early.
-    init(_ image: ImageSource) throws(ImageError) {
+    public init(_ image: ImageSource) throws(ImageError) {
         // The header ends at 0x202 plus the jump's signed offset byte at 0x201 (boot.rst, "32-bit Boot Protocol").
         let jump = LittleEndianBytes(bytes: try image.read(offset: UInt64(Self.jumpOffset), count: 2, "setup header jump"),
                                      what: "setup header jump")
@@ -120,7 +120,7 @@ struct BzImage: Equatable, Sendable {
     /// (LOAD_PHYSICAL_ADDR; arch/x86/boot/compressed/head_64.S, startup_64);
     /// any other kernel runs at `pref_address` (boot.rst, init_size).
     /// Nil where the arithmetic would wrap.
-    func runAddress(loadAddress: UInt64) -> UInt64? {
+    public func runAddress(loadAddress: UInt64) -> UInt64? {
         guard relocatable else { return preferredAddress }
         let alignment = UInt64(max(kernelAlignment, 1))
         let (sum, overflow) = loadAddress.addingReportingOverflow(alignment - 1)
@@ -135,7 +135,7 @@ struct BzImage: Equatable, Sendable {
     /// `ccBlob` is an SEV-SNP guest's confidential computing blob, written
     /// to `cc_blob_address` (zero-page.rst, offset 0x13c), where the
     /// decompressor looks first (find_cc_blob).
-    func bootParams(loadAddress: UInt64, commandLine: UInt64, initrd: (address: UInt64, size: UInt64)?,
+    public func bootParams(loadAddress: UInt64, commandLine: UInt64, initrd: (address: UInt64, size: UInt64)?,
                     memoryMap: [MemoryMapEntry], ccBlob: UInt64? = nil) -> [UInt8] {
         precondition(memoryMap.count <= Self.e820Capacity, "more e820 entries than boot_params holds")
         var page = LittleEndianWriter(count: 4096)

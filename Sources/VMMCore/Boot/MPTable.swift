@@ -8,9 +8,9 @@ import GuestMemfd
 /// the choice of entries follows Firecracker's `mptable.rs`, which mirrors
 /// KVM's default routing (`kvm_setup_default_irq_routing()`: ISA IRQ n on
 /// IOAPIC pin n).
-enum MPTable {
+public enum MPTable {
     /// The most CPUs whose table still fits in the EBDA's KiB.
-    static let maximumCPUs = 32
+    public static let maximumCPUs = 32
     /// IOAPIC pins the in-kernel IOAPIC has (`KVM_IOAPIC_NUM_PINS`).
     static let ioapicPins = 24
     /// The local APIC version the entries report (an integrated xAPIC).
@@ -18,7 +18,7 @@ enum MPTable {
 
     /// The table's bytes, to be placed at `address` (the EBDA): the 16-byte
     /// floating pointer, then the configuration table it points to.
-    static func bytes(cpus: Int, at address: UInt64) -> [UInt8] {
+    public static func bytes(cpus: Int, at address: UInt64) -> [UInt8] {
         precondition((1...maximumCPUs).contains(cpus), "MP table for \(cpus) CPUs")
         let ioapicID = UInt8(cpus)  // APIC ids 0..<cpus are the CPUs'
         var entries: [[UInt8]] = []

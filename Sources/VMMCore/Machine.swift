@@ -7,7 +7,7 @@ import Populate
 import Synchronization
 
 /// Why a run could not go on, as opposed to the guest ending it.
-enum MachineFailure: Error, Equatable, CustomStringConvertible {
+public enum MachineFailure: Error, Equatable, CustomStringConvertible {
     /// A KVM call failed.
     case kvm(KVMError)
     /// KVM could not emulate a guest instruction (`KVM_EXIT_INTERNAL_ERROR`).
@@ -17,7 +17,7 @@ enum MachineFailure: Error, Equatable, CustomStringConvertible {
     /// An exit a plain guest should never cause.
     case unexpectedExit(String, vcpu: UInt32)
 
-    var description: String {
+    public var description: String {
         switch self {
         case .kvm(let error): return "\(error)"
         case .emulation(let suberror, let vcpu, let rip):
@@ -33,7 +33,7 @@ enum MachineFailure: Error, Equatable, CustomStringConvertible {
 }
 
 /// Where a machine's RAM comes from.
-enum RAMBacking: String, Sendable, CaseIterable {
+public enum RAMBacking: String, Sendable, CaseIterable {
     /// One guest_memfd, which a confidential guest needs for private memory.
     case guestMemfd = "guest_memfd"
     /// A memfd mapped shared (QEMU's memory-backend-memfd): for guests whose
@@ -59,26 +59,26 @@ enum RAMBacking: String, Sendable, CaseIterable {
 /// name its mapping as well, otherwise guest_memfd holds only private
 /// memory and the slots' shared side is a memfd, and all RAM is made
 /// private up front, as the guest expects of its memory.
-final class Machine {
+public final class Machine {
     /// The launch this machine's VM, vCPUs and memory belong to.
     let session: LaunchSession
-    let vm: VM
-    let platform: Platform
+    public let vm: VM
+    public let platform: Platform
     let ram: RAMBacking
     /// Guest RAM's guest_memfd; nil for memfd RAM.
-    let memfd: GuestMemfd?
+    public let memfd: GuestMemfd?
     /// The host's mapping of `memfd`; nil where guest_memfd holds only private memory.
     let memory: GuestMemoryMapping?
     /// The slots' shared memory where guest_memfd does not provide it:
     /// all of RAM with `ram: .memfd`, or the shared side where guest_memfd
     /// holds only private memory.
-    let sharedMemory: SharedMemory?
+    public let sharedMemory: SharedMemory?
     /// Whether guest_memfd keeps the memory attributes (in-place conversion).
     let convertsInGuestMemfd: Bool
     /// The SEV-SNP firmware interface of an SNP machine.
     let snp: SEVSNP?
-    let slots: [MemorySlot]
-    let vcpus: [VCPU]
+    public let slots: [MemorySlot]
+    public let vcpus: [VCPU]
     /// The CPUID the boot vCPU was given (an SNP guest's CPUID table is built from it).
     let cpuid: [kvm_cpuid_entry2]
     let bus = PortIOBus()
@@ -87,7 +87,7 @@ final class Machine {
     ///   - platform: `.plain` or `.snp`; the caller has checked that the host offers it.
     ///   - ram: `.memfd` for a plain machine only; the caller has checked that the host offers the backing.
     ///   - output: receives the bytes the guest writes to its serial port.
-    init(kvm: KVM, platform: Platform = .plain, ram: RAMBacking = .guestMemfd, memorySize: UInt64, cpus: Int,
+    public init(kvm: KVM, platform: Platform = .plain, ram: RAMBacking = .guestMemfd, memorySize: UInt64, cpus: Int,
          output: @escaping @Sendable ([UInt8]) -> Void) throws(LaunchError) {
         precondition(platform == .plain || platform == .snp, "snpvmm runs plain and SEV-SNP machines")
         precondition(platform == .plain || ram == .guestMemfd, "private memory lives in guest_memfd")
@@ -212,20 +212,20 @@ final class Machine {
 
     /// Puts the boot vCPU in `state`; the other vCPUs wait for the start-up
     /// IPI the guest sends them, as on a PC.
-    func setBootState(_ state: BootCPUState) throws(KVMError) {
+    public func setBootState(_ state: BootCPUState) throws(KVMError) {
         try Machine.apply(state, to: vcpus[0])
     }
 
     /// Loads a boot state into a vCPU's registers (also a fake platform's,
     /// whose SNP VMSA is built from them).
-    static func apply(_ state: BootCPUState, to vcpu: VCPU) throws(KVMError) {
+    public static func apply(_ state: BootCPUState, to vcpu: VCPU) throws(KVMError) {
         let (regs, sregs) = try registers(for: state, from: vcpu)
         try vcpu.setSregs(sregs)
         try vcpu.setRegs(regs)
     }
 
     /// The registers of a vCPU in `state`, starting from its current segment registers.
-    static func registers(for state: BootCPUState, from vcpu: VCPU) throws(KVMError) -> (kvm_regs, kvm_sregs) {
+    public static func registers(for state: BootCPUState, from vcpu: VCPU) throws(KVMError) -> (kvm_regs, kvm_sregs) {
         var sregs = try vcpu.getSregs()
         func load(_ segment: Segment, into register: inout kvm_segment) {
             register.base = UInt64(segment.base)
@@ -270,7 +270,7 @@ final class Machine {
     /// a watchdog interrupts the vCPUs every `pollInterval` and reads their
     /// MP state: when every vCPU is halted with interrupts off, or waits for
     /// a start-up IPI, nothing can wake any of them and the run ends.
-    func run(pollInterval: UInt32 = 50_000) -> Result<RunEnd, MachineFailure> {
+    public func run(pollInterval: UInt32 = 50_000) -> Result<RunEnd, MachineFailure> {
         Watchdog.installSignalHandler()
         let control = RunControl(vcpus: vcpus.count)
         control.setThread(0, pthread_self())
@@ -354,7 +354,7 @@ final class Machine {
 
     /// RAM as the host writes it: the guest_memfd mapping, or the memfd
     /// (for SNP without in-place conversion, the slots' shared side).
-    var hostMemory: (any MappedGuestMemory)? { memory ?? sharedMemory }
+    public var hostMemory: (any MappedGuestMemory)? { memory ?? sharedMemory }
 
     /// Guest memory as the population engine and conversions see it.
     var memoryLayout: GuestMemoryLayout { session.memory }
@@ -378,7 +378,7 @@ final class Machine {
     /// set: encrypted, i.e. private). KVM has already checked alignment and
     /// overflow. Returns 0, or -EINVAL (KVM_EINVAL) for a range outside RAM
     /// or a conversion the kernel refused.
-    func mapGPARange(_ arguments: [UInt64]) -> Int64 {
+    public func mapGPARange(_ arguments: [UInt64]) -> Int64 {
         let gpa = arguments[0], pages = arguments[1]
         let (size, overflow) = pages.multipliedReportingOverflow(by: pageSize)
         guard !overflow, size > 0 else { return -Int64(EINVAL) }
@@ -412,7 +412,7 @@ final class Machine {
 
 /// The shared state of one run: its result, which vCPUs are parked, and
 /// the threads the watchdog interrupts.
-final class RunControl: Sendable {
+public final class RunControl: Sendable {
     private struct State {
         var result: Result<RunEnd, MachineFailure>?
         var parked: [Bool]
@@ -457,7 +457,7 @@ final class RunControl: Sendable {
 }
 
 /// Interrupts the vCPU threads periodically so that each can check its MP state.
-enum Watchdog {
+public enum Watchdog {
     static let signal = SIGUSR1
 
     /// Installs a handler that does nothing: the signal's only job is to make
@@ -481,7 +481,7 @@ enum Watchdog {
 }
 
 /// Starts a joinable thread running `body`.
-func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
+public func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
     final class Box: @unchecked Sendable {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }
@@ -502,7 +502,7 @@ extension VM {
     /// guest-physical 0, and returns the slot, whose mapping the host
     /// writes: the memory of snpvmm's small real-mode guests (`probe`,
     /// `bench cycles`).
-    func bindSmallRAM(_ backing: RAMBacking, size: UInt64) throws(KVMError) -> GuestMemoryLayout.Slot {
+    public func bindSmallRAM(_ backing: RAMBacking, size: UInt64) throws(KVMError) -> GuestMemoryLayout.Slot {
         let range = GuestRange(start: 0, size: size)
         switch backing {
         case .guestMemfd:
@@ -522,7 +522,7 @@ extension VCPU {
     /// interrupts off, keeping KVM's reset state otherwise, and lets `adjust`
     /// set further registers: the entry state of snpvmm's small real-mode
     /// guests (`probe`, `bench cycles`).
-    func enterRealMode(at rip: UInt64, adjust: (inout kvm_regs) -> Void = { _ in }) throws(KVMError) {
+    public func enterRealMode(at rip: UInt64, adjust: (inout kvm_regs) -> Void = { _ in }) throws(KVMError) {
         var sregs = try getSregs()
         sregs.cs.base = 0
         sregs.cs.selector = 0

@@ -7,7 +7,7 @@ import Populate
 /// confidential computing blob: the CPUID table, which the firmware checks
 /// at launch, and the secrets page, which the firmware fills. Linux stops
 /// an SNP guest without them (snp_init, snp_setup_cpuid_table).
-enum SNPGuestPages {
+public enum SNPGuestPages {
     /// The plan regions: the CPUID page (its table is written at launch,
     /// from the CPUID the vCPUs get), the secrets page and the CC blob.
     static func regions() -> [PlanRegion] {

@@ -2,7 +2,7 @@ import GuestMemfd
 import Synchronization
 
 /// Why a run ended, as the devices and the vCPU loop report it.
-enum RunEnd: Equatable, Sendable {
+public enum RunEnd: Equatable, Sendable {
     /// The guest wrote `value` to isa-debug-exit; snpvmm exits with (value << 1) | 1.
     case debugExit(value: UInt32)
     /// The guest pulsed the reset line through the i8042 (0xFE to port 0x64).
@@ -17,7 +17,7 @@ enum RunEnd: Equatable, Sendable {
 
 /// A device on the x86 port I/O bus. Accesses arrive one at a time under
 /// the bus lock, so devices keep plain mutable state.
-protocol PortDevice: AnyObject {
+public protocol PortDevice: AnyObject {
     /// Reads `size` bytes (1, 2 or 4) at `port`.
     func read(port: UInt16, size: Int) -> UInt32
     /// Writes `size` bytes at `port`; a device may end the run.
@@ -32,7 +32,7 @@ protocol PortDevice: AnyObject {
 ///
 /// vCPU threads share the bus; one lock serialises every access, and the
 /// devices and the device table are touched only under it.
-final class PortIOBus: @unchecked Sendable {
+public final class PortIOBus: @unchecked Sendable {
     private struct Entry {
         let ports: ClosedRange<UInt16>
         let device: any PortDevice
@@ -72,13 +72,13 @@ final class PortIOBus: @unchecked Sendable {
 /// guest reading the real-time clock sees no update in progress rather
 /// than the all-ones of an empty bus (with register A's UIP bit set, Linux
 /// would wait for an update that never ends). Every register reads as 0.
-final class CMOS: PortDevice {
+public final class CMOS: PortDevice {
     static let ports: ClosedRange<UInt16> = 0x70...0x71
     private var index: UInt8 = 0
 
-    func read(port: UInt16, size: Int) -> UInt32 { port == 0x70 ? UInt32(index) : 0 }
+    public func read(port: UInt16, size: Int) -> UInt32 { port == 0x70 ? UInt32(index) : 0 }
 
-    func write(port: UInt16, size: Int, value: UInt32) -> RunEnd? {
+    public func write(port: UInt16, size: Int, value: UInt32) -> RunEnd? {
         if port == 0x70 { index = UInt8(truncatingIfNeeded: value) & 0x7F }
         return nil
     }

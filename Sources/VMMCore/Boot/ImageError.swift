@@ -3,7 +3,7 @@ import Populate
 
 /// Why a kernel or initrd cannot be booted as given. Each case reads as one
 /// line naming what is wrong; `RunCommand` prints it with the file's role.
-enum ImageError: Error, Equatable, Sendable, CustomStringConvertible {
+public enum ImageError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The file could not be opened or read.
     case unreadable(role: String, path: String, reason: String)
     /// The file has no bytes.
@@ -31,7 +31,7 @@ enum ImageError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A machine shape the loaders do not lay out.
     case unsupportedRequest(String)
 
-    var description: String {
+    public var description: String {
         switch self {
         case .unreadable(let role, let path, let reason):
             return "cannot read \(role) '\(path)': \(reason)"
@@ -75,16 +75,16 @@ enum ImageError: Error, Equatable, Sendable, CustomStringConvertible {
     }
 
     /// The one line `snpvmm run` prints, naming the kernel where the error is about it.
-    func message(kernel path: String) -> String {
+    public func message(kernel path: String) -> String {
         describesKernelFile ? "kernel '\(path)' \(description)" : description
     }
 }
 
 /// `0x` and lowercase hexadecimal, the way errors and tables print addresses.
-func hex<T: BinaryInteger>(_ value: T) -> String { "0x" + String(value, radix: 16) }
+public func hex<T: BinaryInteger>(_ value: T) -> String { "0x" + String(value, radix: 16) }
 
 extension String {
-    func leftPadded(to width: Int, with pad: Character = "0") -> String {
+    public func leftPadded(to width: Int, with pad: Character = "0") -> String {
         count >= width ? self : String(repeating: pad, count: width - count) + self
     }
 }
