@@ -17,9 +17,10 @@ let plan = LaunchPlan(regions: [
 ])
 
 func launch(_ name: String, on profile: HostProfile, _ platform: LaunchPlatform,
-            policy: PopulationPolicy? = nil) throws {
+            policy: PopulationPolicy? = nil, experimental: ExperimentalInterfaces = []) throws {
     let fake = FakeKVM(profile: profile)
-    let session = try LaunchSession(kvm: try KVM.open(using: fake), platform: platform)
+    let kvm = try KVM.open(using: fake, experimental: experimental)  // unmerged kernel interfaces: opt in
+    let session = try LaunchSession(kvm: kvm, platform: platform)
     let boot = try session.createVCPUs(1)[0]
     if case .tdx = platform {} else {           // a TD's registers belong to the TDX module
         var regs = try boot.getRegs()
@@ -50,9 +51,10 @@ struct ExampleError: Error, CustomStringConvertible {
 
 do {
     try launch("SEV-SNP, separate source", on: .snpHost, .snp(SNPLaunchParameters(policy: .default)))
-    try launch("SEV-SNP, in place", on: .snpInPlaceHost, .snp(SNPLaunchParameters()), policy: .inPlace)
+    try launch("SEV-SNP, in place", on: .snpInPlaceHost, .snp(SNPLaunchParameters()), policy: .inPlace,
+               experimental: .inPlaceConversion)
     try launch("TDX", on: .tdxHost, .tdx(TDXLaunchParameters(attributes: [.septVEDisable], xfam: .required)))
-    try launch("CCA", on: .ccaHost, .cca(CCABackend.defaultParameters))
+    try launch("CCA", on: .ccaHost, .cca(CCABackend.defaultParameters), experimental: .armCCA)
 } catch {
     print("error: \(error)")
     exit(1)

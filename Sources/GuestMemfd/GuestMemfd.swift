@@ -63,6 +63,9 @@ public final class GuestMemfd: KernelObject, Sendable {
     ///   empty, unaligned or out-of-file range; EAGAIN when a page is pinned
     ///   (the error names it); ENOMEM.
     public func setMemoryAttributes2(offset: UInt64, size: UInt64, attributes: MemoryAttributes) throws(KVMError) {
+        guard vm.kvm.experimental.contains(.inPlaceConversion) else {
+            throw .notOptedIn(.ioctl(.setMemoryAttributes2), on: .guestMemfd, fd: fd, .inPlaceConversion)
+        }
         var value = ckvm_memory_attributes2()
         value.offset = offset
         value.size = size

@@ -12,18 +12,23 @@ public final class KVM: KernelObject, Sendable {
     var objectKind: KVMObjectKind { .system }
 
     private let ownsDescriptor: Bool
+    /// The unmerged interfaces the caller opted in to; every object created from this one shares them.
+    public let experimental: ExperimentalInterfaces
 
-    init(kernel: any KernelInterface, fd: CInt) {
+    init(kernel: any KernelInterface, fd: CInt, experimental: ExperimentalInterfaces) {
         self.kernel = kernel
         self.fd = fd
+        self.experimental = experimental
         ownsDescriptor = true
     }
 
     /// Wraps a `/dev/kvm` descriptor the caller already has. It is closed on
     /// release only with `.owned`; a VMM that keeps using it passes `.borrowed`.
-    public init(adopting fd: CInt, ownership: DescriptorOwnership, using kernel: any KernelInterface = LinuxKernel()) {
+    public init(adopting fd: CInt, ownership: DescriptorOwnership, using kernel: any KernelInterface = LinuxKernel(),
+                experimental: ExperimentalInterfaces = []) {
         self.kernel = kernel
         self.fd = fd
+        self.experimental = experimental
         ownsDescriptor = ownership == .owned
     }
 
@@ -33,12 +38,16 @@ public final class KVM: KernelObject, Sendable {
     ///
     /// - Throws: `KVMError` for `open`: ENOENT where the kernel has no KVM,
     ///   EACCES where the caller may not use it (both with a remedy in the message).
+    ///
+    /// - Parameter experimental: the unmerged kernel interfaces the package
+    ///   may probe and use (`ExperimentalInterfaces`); none by default.
     public static func open(
-        path: String = "/dev/kvm", using kernel: any KernelInterface = LinuxKernel()
+        path: String = "/dev/kvm", using kernel: any KernelInterface = LinuxKernel(),
+        experimental: ExperimentalInterfaces = []
     ) throws(KVMError) -> KVM {
         do {
             let fd = try kernel.open(path, flags: O_RDWR | O_CLOEXEC)
-            return KVM(kernel: kernel, fd: fd)
+            return KVM(kernel: kernel, fd: fd, experimental: experimental)
         } catch {
             throw KVMError(.syscall(.open), on: .system, fd: -1, errno: error, detail: path)
         }
@@ -55,8 +64,13 @@ public final class KVM: KernelObject, Sendable {
     /// capabilities answer with a count or a bit mask.
     ///
     /// The corresponding ioctl is `KVM_CHECK_EXTENSION` (system ioctl).
+    /// An unmerged capability the caller did not opt in to reads as 0
+    /// without asking the kernel, and the HugeTLB bit is masked out of
+    /// `KVM_CAP_GUEST_MEMFD_FLAGS`.
     public func checkExtension(_ capability: Capability) throws(KVMError) -> Int {
-        try call(.checkExtension, UInt(capability.rawValue), detail: capability.name)
+        try experimental.filter(capability) { () throws(KVMError) in
+            try call(.checkExtension, UInt(capability.rawValue), detail: capability.name)
+        }
     }
 
     /// Returns the size of the `kvm_run` area each vCPU descriptor maps.
@@ -71,6 +85,9 @@ public final class KVM: KernelObject, Sendable {
     /// The corresponding ioctl is `KVM_CREATE_VM` (system ioctl).
     /// - Throws: EINVAL for a type this host does not support (see `capabilities().vmTypes`).
     public func createVM(type: VMType = .default) throws(KVMError) -> VM {
+        if type == .armRealm, !experimental.contains(.armCCA) {
+            throw .notOptedIn(.ioctl(.createVM), on: .system, fd: fd, .armCCA)
+        }
         let fd = try call(.createVM, type.rawValue, detail: "type \(type.name)")
         return VM(kvm: self, type: type, fd: CInt(fd))
     }

@@ -112,8 +112,11 @@ public final class VM: KernelObject, Sendable {
     /// and memory attributes depend on the VM type.
     ///
     /// The corresponding ioctl is `KVM_CHECK_EXTENSION` (VM ioctl).
+    /// Unmerged capabilities read as the system's do (`KVM.checkExtension`).
     public func checkExtension(_ capability: Capability) throws(KVMError) -> Int {
-        try call(.checkExtension, UInt(capability.rawValue), detail: capability.name)
+        try kvm.experimental.filter(capability) { () throws(KVMError) in
+            try call(.checkExtension, UInt(capability.rawValue), detail: capability.name)
+        }
     }
 
     /// Creates the vCPU with this id and maps its `kvm_run` area.
@@ -159,6 +162,9 @@ public final class VM: KernelObject, Sendable {
     /// - Throws: EINVAL for a flag outside `KVM_CAP_GUEST_MEMFD_FLAGS`, or a
     ///   size that is zero, negative as a signed value, or not page aligned.
     public func createGuestMemfd(size: UInt64, flags: GuestMemfdFlags = []) throws(KVMError) -> GuestMemfd {
+        if flags.contains(.hugetlb), !kvm.experimental.contains(.hugeTLBGuestMemfd) {
+            throw .notOptedIn(.ioctl(.createGuestMemfd), on: .vm, fd: fd, .hugeTLBGuestMemfd)
+        }
         var request = ckvm_create_guest_memfd()
         request.size = size
         request.flags = flags.rawValue

@@ -154,17 +154,36 @@ public final class LaunchSession {
 
     /// Creates the VM and initialises the platform, after checking that the host offers it.
     public init(kvm: KVM, platform: LaunchPlatform) throws(LaunchError) {
-        let missing: [String]
-        do { missing = try Self.missingFeatures(of: kvm, for: platform) } catch { throw .kvm(error) }
-        guard missing.isEmpty else { throw .hostNotReady(platform.platform, missing: missing) }
+        let lacking: [String]
+        do { lacking = try Self.missingFeatures(of: kvm, for: platform) } catch { throw .kvm(error) }
+        guard lacking.isEmpty else { throw .hostNotReady(platform.platform, missing: lacking) }
+        let missing: String?
         self.platform = platform
         do {
             vm = try kvm.createVM(type: platform.vmType)
+            missing = try Self.missingConversion(vm, for: platform)
+        } catch {
+            throw .kvm(error)
+        }
+        if let missing { throw .hostNotReady(platform.platform, missing: [missing]) }
+        do {
             snp = if case .snp = platform { try SEVSNP(vm: vm) } else { nil }
             try Self.initialise(platform, vm: vm, snp: snp)
         } catch {
             throw .kvm(error)
         }
+    }
+
+    /// Why `vm` cannot make memory private, where it cannot: neither the
+    /// VM's attributes (KVM_CAP_MEMORY_ATTRIBUTES) nor, where opted in,
+    /// guest_memfd's own (in-place conversion) offer PRIVATE.
+    private static func missingConversion(_ vm: VM, for platform: LaunchPlatform) throws(KVMError) -> String? {
+        if case .plain = platform { return nil }
+        let attributes = MemoryAttributes(rawValue: UInt64(try vm.checkExtension(.memoryAttributes)))
+        if attributes.contains(.private) { return nil }
+        if try vm.checkExtension(.guestMemfdMemoryAttributes) != 0 { return nil }
+        return "a \(platform.vmType.name) VM has no PRIVATE memory attribute (KVM_CAP_MEMORY_ATTRIBUTES = \(attributes));"
+            + " where guest_memfd keeps the attributes itself, open KVM with experimental: .inPlaceConversion"
     }
 
     /// Adopts a VM the caller created with `platform.vmType`; with

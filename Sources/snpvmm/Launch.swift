@@ -39,7 +39,7 @@ enum EmulatedLaunch {
         case .cca, .plain: (.ccaHost, .cca(CCABackend.defaultParameters))
         }
         let fake = FakeKVM(profile: profile)
-        let session = try LaunchSession(kvm: try KVM.open(using: fake), platform: launch)
+        let session = try LaunchSession(kvm: try KVM.open(using: fake, experimental: .armCCA), platform: launch)
         try session.createVCPUs(cpus)
         // A TD's vCPUs start in the state the TDX module gives them; the host cannot set it.
         if platform != .tdx {

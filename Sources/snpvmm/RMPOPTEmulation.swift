@@ -59,7 +59,7 @@ final class RMPOPTEmulation {
 
     /// Launches every guest, populating and finishing each.
     func launch() throws {
-        let kvm = try KVM.open(using: fake)
+        let kvm = try KVM.open(using: fake, experimental: .hugeTLBGuestMemfd)
         var options = PopulateOptions()
         options.backing = setup.backing
         for _ in 0..<setup.guests {

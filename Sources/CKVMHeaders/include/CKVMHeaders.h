@@ -3,4 +3,5 @@
 #define CKVM_HEADERS_H
 #include "ckvm_uapi.h"
 #include "ckvm_ioctls.h"
+#include "ckvm_experimental.h"
 #endif

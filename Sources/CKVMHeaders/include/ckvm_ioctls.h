@@ -47,12 +47,6 @@ static const unsigned long CKVM_MEMORY_ENCRYPT_REG_REGION   = _IOR(CKVM_KVMIO, 0
 static const unsigned long CKVM_MEMORY_ENCRYPT_UNREG_REGION = _IOR(CKVM_KVMIO, 0xbc, struct ckvm_enc_region);
 static const unsigned long CKVM_SET_MEMORY_ATTRIBUTES  = _IOW(CKVM_KVMIO, 0xd2, struct ckvm_memory_attributes);
 static const unsigned long CKVM_CREATE_GUEST_MEMFD     = _IOWR(CKVM_KVMIO, 0xd4, struct ckvm_create_guest_memfd);
-/* Unmerged proposals; their numbers are not stable. ATTRIBUTES2 reuses nr 0xd2
- * with a larger in/out struct in the in-place series v8; RFC v1 used 0xd6. */
-static const unsigned long CKVM_SET_MEMORY_ATTRIBUTES2 = _IOWR(CKVM_KVMIO, 0xd2, struct ckvm_memory_attributes2);
-static const unsigned long CKVM_SET_MEMORY_ATTRIBUTES2_RFC = _IOWR(CKVM_KVMIO, 0xd6, struct ckvm_memory_attributes2_rfc);
-static const unsigned long CKVM_ARM_RMI_POPULATE_V12   = _IOW(CKVM_KVMIO, 0xd7, struct ckvm_arm_rmi_populate);
-static const unsigned long CKVM_ARM_RMI_POPULATE_V14   = _IOWR(CKVM_KVMIO, 0xd7, struct ckvm_arm_rmi_populate);
 
 /* Device attributes (system fd for the x86 SEV group, VM, vCPU or device). */
 static const unsigned long CKVM_SET_DEVICE_ATTR        = _IOW(CKVM_KVMIO, 0xe1, struct kvm_device_attr);

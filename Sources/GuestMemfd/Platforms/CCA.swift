@@ -34,6 +34,9 @@ public struct CCA: Sendable {
     ///   reserved; ENXIO on a VM that is not a live realm; EBUSY once the realm
     ///   is active; EOPNOTSUPP for a null source.
     public func populate(_ request: CCAPopulate, measure: Bool) throws(KVMError) -> CCAPopulate {
+        guard vm.kvm.experimental.contains(.armCCA) else {
+            throw .notOptedIn(.ioctl(.armRMIPopulate), on: .vm, fd: vm.fd, .armCCA)
+        }
         var value = ckvm_arm_rmi_populate(base: request.base, size: request.size, source_uaddr: request.sourceAddress,
                                           flags: measure ? UInt32(CKVM_ARM_RMI_POPULATE_FLAGS_MEASURE) : 0, reserved: 0)
         try vm.call(.armRMIPopulate, pointerTo: &value, range: request.range, detail: measure ? "MEASURE" : nil)

@@ -204,7 +204,8 @@ enum BenchPopulate {
         ]
         for (name, profile, platform) in cases {
             let fake = FakeKVM(profile: profile)
-            let session = try LaunchSession(kvm: try KVM.open(using: fake), platform: platform)
+            let session = try LaunchSession(kvm: try KVM.open(using: fake, experimental: [.inPlaceConversion, .armCCA]),
+                                            platform: platform)
             try session.createVCPUs(1)
             try session.createMemory(at: 0, size: size, slot: 0)
             var options = PopulateOptions()

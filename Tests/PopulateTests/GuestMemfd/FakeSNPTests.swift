@@ -16,7 +16,7 @@ struct FakeSNPGuest {
 
     init(profile: HostProfile = .snpHost, size: UInt64 = 0x40000, policy: UInt64 = 0x30000, start: Bool = true) throws {
         fake = FakeKVM(profile: profile)
-        kvm = try KVM.open(using: fake)
+        kvm = try KVM.open(using: fake, experimental: .all)
         vm = try kvm.createVM(type: .snp)
         snp = try SEVSNP(vm: vm)
         try snp.init2()
@@ -195,7 +195,7 @@ func pattern(_ pages: Int, seed: UInt8) -> [UInt8] {
     @Test func init2ChecksFlagsFeaturesAndGHCBVersion() throws {
         for (features, ghcb, flags) in [(UInt64(1) << 6, UInt16(0), UInt32(0)), (0, 3, 0), (0, 1, 0), (0, 0, 1)] {
             let fake = FakeKVM(profile: .snpHost)
-            let vm = try KVM.open(using: fake).createVM(type: .snp)
+            let vm = try KVM.open(using: fake, experimental: .all).createVM(type: .snp)
             let snp = try SEVSNP(vm: vm)
             var data = ckvm_sev_init()
             data.vmsa_features = features
@@ -232,7 +232,7 @@ func pattern(_ pages: Int, seed: UInt8) -> [UInt8] {
 
     @Test func launchCommandsOutOfOrderAreRefused() throws {
         let fake = FakeKVM(profile: .snpHost)
-        let kvm = try KVM.open(using: fake)
+        let kvm = try KVM.open(using: fake, experimental: .all)
         let plain = try kvm.createVM()
         #expect(kvmError { try SEVSNP(vm: plain).init2() }?.errno == .invalidArgument)
         #expect(kvmError { try SEVSNP(vm: plain).launchStart(policy: 0x30000) }?.errno == .notTTY)

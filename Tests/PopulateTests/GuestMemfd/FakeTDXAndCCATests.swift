@@ -35,7 +35,7 @@ struct FakeTD {
     let memfd: GuestMemfd
 
     init() throws {
-        let kvm = try KVM.open(using: fake)
+        let kvm = try KVM.open(using: fake, experimental: .all)
         vm = try kvm.createVM(type: .tdx)
         tdx = TDX(vm: vm)
         try tdx.initVM(attributes: 0, xfam: 0x3)
@@ -113,7 +113,7 @@ struct FakeTD {
 
     @Test func malformedTDCommandsAreRefused() throws {
         let fake = FakeKVM(profile: .tdxHost)
-        let vm = try KVM.open(using: fake).createVM(type: .tdx)
+        let vm = try KVM.open(using: fake, experimental: .all).createVM(type: .tdx)
         let tdx = TDX(vm: vm)
         #expect(kvmError { try tdx.initVM(attributes: 0, xfam: 1 << 40) }?.errno == .invalidArgument)
         // KVM_TDX_CAPABILITIES with room for one CPUID entry: E2BIG.
@@ -154,7 +154,7 @@ struct FakeTD {
 
     @Test func aTDTakesVCPUsOnlyAfterInitVMAndRunsOnlyAfterFinalize() throws {
         let fake = FakeKVM(profile: .tdxHost)
-        let kvm = try KVM.open(using: fake)
+        let kvm = try KVM.open(using: fake, experimental: .all)
         let vm = try kvm.createVM(type: .tdx)
         #expect(kvmError { _ = try vm.createVCPU(id: 0) }?.errno == .ioError)
         let tdx = TDX(vm: vm)
@@ -205,7 +205,7 @@ func expectedRIM(_ granules: [(ipa: UInt64, contents: [UInt8], measured: Bool)])
         let memfd: GuestMemfd
 
         init() throws {
-            let kvm = try KVM.open(using: fake)
+            let kvm = try KVM.open(using: fake, experimental: .all)
             vm = try kvm.createVM(type: .armRealm)
             cca = CCA(vm: vm)
             memfd = try vm.createGuestMemfd(size: 0x10000, flags: [.mmap])
@@ -240,7 +240,7 @@ func expectedRIM(_ granules: [(ipa: UInt64, contents: [UInt8], measured: Bool)])
                         CCAPopulate(base: 0x8000_0000, size: 0x1000, sourceAddress: source.address + 8)] {
             #expect(kvmError { _ = try realm.cca.populate(request, measure: true) }?.errno == .invalidArgument, "\(request)")
         }
-        let plain = try KVM.open(using: realm.fake).createVM()
+        let plain = try KVM.open(using: realm.fake, experimental: .all).createVM()
         #expect(kvmError { _ = try CCA(vm: plain).populate(CCAPopulate(base: 0, size: 0x1000, sourceAddress: source.address), measure: true) }?
             .errno == .noSuchDeviceOrAddress)
         try realm.vm.setMemoryAttributes(GuestRange(start: 0x8000_F000, size: 0x1000), attributes: [])
@@ -272,7 +272,7 @@ func expectedRIM(_ granules: [(ipa: UInt64, contents: [UInt8], measured: Bool)])
         var profile = HostProfile.ccaHost
         profile.inPlaceConversion = true
         let fake = FakeKVM(profile: profile)
-        let vm = try KVM.open(using: fake).createVM(type: .armRealm)
+        let vm = try KVM.open(using: fake, experimental: .all).createVM(type: .armRealm)
         let memfd = try vm.createGuestMemfd(size: 0x2000, flags: [.mmap, .initShared])
         try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, size: 0x2000, memfd: memfd))
         try memfd.map().fill(0xEE, at: 0, count: 0x2000)

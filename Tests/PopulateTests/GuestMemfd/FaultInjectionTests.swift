@@ -16,7 +16,7 @@ import Testing
     @Test(arguments: backends)
     func anInjectedErrnoFailsTheNamedCallOnceThenItSucceeds(_ backend: Backend) throws {
         let kernel = kernel(backend)
-        let kvm = try KVM.open(using: kernel)
+        let kvm = try KVM.open(using: kernel, experimental: .all)
         kernel.inject(.noMemory, into: .ioctl(.createVM))
         let error = kvmError { _ = try kvm.createVM() }
         #expect(error?.errno == .noMemory)
@@ -30,7 +30,7 @@ import Testing
     @Test(arguments: backends)
     func timesAlwaysAfterCallsAndFromCallModesFireAsNamed(_ backend: Backend) throws {
         let kernel = kernel(backend)
-        let kvm = try KVM.open(using: kernel)
+        let kvm = try KVM.open(using: kernel, experimental: .all)
         kernel.inject(.interrupted, into: .ioctl(.checkExtension), .times(2))
         let outcomes = (0..<3).map { _ in kvmError { _ = try kvm.checkExtension(.guestMemfd) }?.errno }
         #expect(outcomes == [.interrupted, .interrupted, nil])
@@ -53,7 +53,7 @@ import Testing
 
     @Test func encryptSubcommandsAreTargetedByName() throws {
         let kernel = FaultInjectingKernel(FakeKVM(profile: .snpHost))
-        let vm = try KVM.open(using: kernel).createVM(type: .snp)
+        let vm = try KVM.open(using: kernel, experimental: .all).createVM(type: .snp)
         let snp = try SEVSNP(vm: vm)
         kernel.inject(.resourceTemporarilyUnavailable, into: .encryptCommand(.snpLaunchStart))
         try snp.init2()
@@ -66,7 +66,7 @@ import Testing
     @Test func preFaultResumesFromKernelReportedProgressAfterEINTR() throws {
         let fake = FakeKVM(profile: .snpHost)
         let kernel = FaultInjectingKernel(fake)
-        let vm = try KVM.open(using: kernel).createVM()
+        let vm = try KVM.open(using: kernel, experimental: .all).createVM()
         let memfd = try vm.createGuestMemfd(size: 0x10000, flags: [.mmap, .initShared])
         try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0x100000, size: 0x10000, memfd: memfd))
         let vcpu = try vm.createVCPU(id: 0)
@@ -81,7 +81,7 @@ import Testing
 
     @Test func preFaultReportsHowMuchWasMappedBeforeAFailure() throws {
         let fake = FakeKVM(profile: .snpHost)
-        let vm = try KVM.open(using: fake).createVM()
+        let vm = try KVM.open(using: fake, experimental: .all).createVM()
         let memfd = try vm.createGuestMemfd(size: 0x4000, flags: [.mmap, .initShared])
         try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, size: 0x4000, memfd: memfd))
         let vcpu = try vm.createVCPU(id: 0)
@@ -93,7 +93,7 @@ import Testing
 
     @Test func persistentInterruptionGivesUpAfterTheLimit() throws {
         let kernel = FaultInjectingKernel(FakeKVM(profile: .snpHost))
-        let vm = try KVM.open(using: kernel).createVM()
+        let vm = try KVM.open(using: kernel, experimental: .all).createVM()
         let memfd = try vm.createGuestMemfd(size: 0x4000, flags: [.mmap, .initShared])
         try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, size: 0x4000, memfd: memfd))
         let vcpu = try vm.createVCPU(id: 0)
@@ -139,7 +139,7 @@ import Testing
 
     @Test func guestAccessesOutsideEveryMemslotExitAsMMIO() throws {
         let fake = FakeKVM()
-        let vm = try KVM.open(using: fake).createVM()
+        let vm = try KVM.open(using: fake, experimental: .all).createVM()
         let vcpu = try vm.createVCPU(id: 0)
         fake.program(vcpu, [.write(gpa: 0xFEE0_0000, bytes: [1, 0, 0, 0], isPrivate: false), .portOut(port: 0xF4, bytes: [3])])
         guard case .mmio(let mmio) = try vcpu.run() else {
@@ -157,7 +157,7 @@ import Testing
     @Test func releasingEveryObjectLeavesNoDescriptorOrMappingBehind() throws {
         let fake = FakeKVM()
         do {
-            let kvm = try KVM.open(using: fake)
+            let kvm = try KVM.open(using: fake, experimental: .all)
             let vm = try kvm.createVM()
             let memfd = try vm.createGuestMemfd(size: 0x4000, flags: [.mmap, .initShared])
             let memory = try memfd.map()
@@ -176,7 +176,7 @@ import Testing
         var profile = HostProfile.snpHost
         profile.placement = policy
         let fake = FakeKVM(profile: profile)
-        let vm = try KVM.open(using: fake).createVM()
+        let vm = try KVM.open(using: fake, experimental: .all).createVM()
         let memfd = try vm.createGuestMemfd(size: 16 << 20, flags: [.mmap, .initShared])
         try memfd.allocate(offset: 0, length: 16 << 20)
         let frames = (0..<UInt64(4096)).compactMap { fake.hostFrame(of: memfd, offset: $0 * pageSize) }

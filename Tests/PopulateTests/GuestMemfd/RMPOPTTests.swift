@@ -68,7 +68,7 @@ private func deoptimized(_ fake: FakeKVM) -> Set<Int> {
 
     @Test func assigningOnePageDeoptimisesExactlyItsRegionOnEveryCPU() throws {
         let fake = FakeKVM(profile: .snpRMPOPTHost(hostMemory: 16 * gib, cpus: 4))
-        let guest = try RMPOPTGuest(try KVM.open(using: fake), size: 0x40000)
+        let guest = try RMPOPTGuest(try KVM.open(using: fake, experimental: .all), size: 0x40000)
         try guest.vm.setMemoryAttributes(GuestRange(start: 0x3000, size: 0x1000), attributes: .private)
         let before = fake.rmpUpdates
         _ = try guest.snp.launchUpdate(SNPLaunchUpdate(gfnStart: 3, sourceAddress: 0, length: 0x1000, type: .zero))
@@ -86,7 +86,7 @@ private func deoptimized(_ fake: FakeKVM) -> Set<Int> {
 
     @Test func rmpoptOnOneCPUSetsOnlyThatCPUsBit() throws {
         let fake = FakeKVM(profile: .snpRMPOPTHost(hostMemory: 8 * gib, cpus: 4))
-        let guest = try RMPOPTGuest(try KVM.open(using: fake), size: 0x40000)
+        let guest = try RMPOPTGuest(try KVM.open(using: fake, experimental: .all), size: 0x40000)
         try guest.assignPrivate(0x1000)
         let region = Int(try #require(fake.hostFrame(of: guest.memfd, offset: 0)) / framesPerRegion)
         // Punching the page out returns it to the hypervisor; the bits stay clear until RMPOPT runs.
@@ -104,7 +104,7 @@ private func deoptimized(_ fake: FakeKVM) -> Set<Int> {
         let fake = FakeKVM(profile: .snpRMPOPTHost(hostMemory: 16 * gib, cpus: 4))
         var touched = Set<Int>()
         do {
-            let kvm = try KVM.open(using: fake)
+            let kvm = try KVM.open(using: fake, experimental: .all)
             let guests = try (0..<3).map { _ in try RMPOPTGuest(kvm, size: 4 << 20) }
             for guest in guests {
                 try guest.assignPrivate(4 << 20)
@@ -136,7 +136,7 @@ private func deoptimized(_ fake: FakeKVM) -> Set<Int> {
         let fake = FakeKVM(profile: .snpRMPOPTHost(hostMemory: 4 * gib, cpus: 2))
         var memfd: GuestMemfd?
         do {
-            let guest = try RMPOPTGuest(try KVM.open(using: fake), size: 0x10000)
+            let guest = try RMPOPTGuest(try KVM.open(using: fake, experimental: .all), size: 0x10000)
             try guest.assignPrivate(0x10000)
             memfd = guest.memfd
         }
@@ -152,7 +152,7 @@ private func deoptimized(_ fake: FakeKVM) -> Set<Int> {
     @Test(arguments: [(64 << 20) as UInt64, gib, gib + (2 << 20), 2 * gib + (6 << 20)])
     func oneGiBPlacementDeoptimisesExactlyTheCeilingOfThePrivateSize(_ privateSize: UInt64) throws {
         let fake = FakeKVM(profile: .snpRMPOPTHost(hostMemory: 16 * gib, cpus: 2))
-        let kvm = try KVM.open(using: fake)
+        let kvm = try KVM.open(using: fake, experimental: .all)
         let fileSize = (privateSize + gib - 1) / gib * gib
         let guests = try (0..<2).map { _ in
             try RMPOPTGuest(kvm, size: fileSize, flags: [.mmap, .hugetlb(pageSize: gib)])
@@ -171,14 +171,14 @@ private func deoptimized(_ fake: FakeKVM) -> Set<Int> {
     @Test func scattered4KiBPlacementDeoptimisesManyRegionsWhere2MiBPacksGuestsTogether() throws {
         let privateSize: UInt64 = 16 << 20
         let scattered = FakeKVM(profile: .snpRMPOPTHost(hostMemory: 64 * gib, cpus: 2))
-        let small = try RMPOPTGuest(try KVM.open(using: scattered), size: privateSize)
+        let small = try RMPOPTGuest(try KVM.open(using: scattered, experimental: .all), size: privateSize)
         try small.assignPrivate(privateSize)
         let spread = regions(of: scattered, small.memfd, privateSize)
         #expect(spread.count > 32)
         #expect(deoptimized(scattered) == spread)
 
         let packed = FakeKVM(profile: .snpRMPOPTHost(hostMemory: 64 * gib, cpus: 2))
-        let kvm = try KVM.open(using: packed)
+        let kvm = try KVM.open(using: packed, experimental: .all)
         let guests = try (0..<4).map { _ in
             try RMPOPTGuest(kvm, size: privateSize, flags: [.mmap, .hugetlb(pageSize: hugePageSize)])
         }
@@ -192,7 +192,7 @@ private func deoptimized(_ fake: FakeKVM) -> Set<Int> {
         for (flags, perRun) in [([.mmap, .hugetlb(pageSize: hugePageSize)], 1), ([.mmap] as GuestMemfdFlags, 512)] {
             let fake = FakeKVM(profile: .snpRMPOPTHost(hostMemory: 8 * gib, cpus: 2))
             do {
-                let guest = try RMPOPTGuest(try KVM.open(using: fake), size: 4 << 20, flags: flags)
+                let guest = try RMPOPTGuest(try KVM.open(using: fake, experimental: .all), size: 4 << 20, flags: flags)
                 try guest.assignPrivate(4 << 20)
                 #expect(fake.rmpUpdates == 2 * perRun)
             }
@@ -201,7 +201,7 @@ private func deoptimized(_ fake: FakeKVM) -> Set<Int> {
     }
 
     @Test func hugeTLBFlagsAreCheckedAsTheSeriesDoes() throws {
-        let kvm = try KVM.open(using: FakeKVM(profile: .snpRMPOPTHost(hostMemory: 8 * gib)))
+        let kvm = try KVM.open(using: FakeKVM(profile: .snpRMPOPTHost(hostMemory: 8 * gib)), experimental: .all)
         #expect(try kvm.capabilities().guestMemfdFlags.contains(.hugetlb))
         let vm = try kvm.createVM(type: .snp)
         // The file must be whole huge pages, of a size the host has a pool for.
@@ -211,7 +211,7 @@ private func deoptimized(_ fake: FakeKVM) -> Set<Int> {
             .errno == .invalidArgument)
         _ = try vm.createGuestMemfd(size: 4 << 20, flags: [.mmap, .hugetlb(pageSize: hugePageSize)])
         // 6.18 has no such flag.
-        let plain = try KVM.open(using: FakeKVM(profile: .snpHost))
+        let plain = try KVM.open(using: FakeKVM(profile: .snpHost), experimental: .all)
         #expect(try !plain.capabilities().guestMemfdFlags.contains(.hugetlb))
         #expect(kvmError { _ = try plain.createVM(type: .snp).createGuestMemfd(size: 4 << 20,
                                                                              flags: [.mmap, .hugetlb(pageSize: hugePageSize)]) }?

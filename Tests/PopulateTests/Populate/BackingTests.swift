@@ -13,7 +13,7 @@ import Testing
     @Test(arguments: [GuestMemoryBacking.huge2M, .huge1G])
     func hugeTLBBackingIsTakenWhereTheKernelOffersIt(_ backing: GuestMemoryBacking) throws {
         let fake = FakeKVM(profile: .snpRMPOPTHost(hostMemory: 8 << 30))
-        let vm = try KVM.open(using: fake).createVM(type: .snp)
+        let vm = try KVM.open(using: fake, experimental: .all).createVM(type: .snp)
         let (memfd, outcome) = try Populator.createGuestMemfd(vm: vm, size: 3 << 20, flags: [.mmap], options: options(backing))
         #expect(outcome == BackingOutcome(asked: backing, got: backing))
         #expect(outcome.description == backing.description)
@@ -26,7 +26,7 @@ import Testing
     }
 
     @Test func withoutTheHugeTLBSeriesTheFileGets4KiBPagesAndTheReasonIsGiven() throws {
-        let vm = try KVM.open(using: FakeKVM(profile: .snpHost)).createVM(type: .snp)
+        let vm = try KVM.open(using: FakeKVM(profile: .snpHost), experimental: .all).createVM(type: .snp)
         let (memfd, outcome) = try Populator.createGuestMemfd(vm: vm, size: 3 << 20, flags: [.mmap], options: options(.huge1G))
         #expect(memfd.size == 3 << 20)
         #expect(memfd.flags == [.mmap])
@@ -37,7 +37,7 @@ import Testing
     }
 
     @Test func fourKiBPagesNeedNoProbeAndGiveNoReason() throws {
-        let vm = try KVM.open(using: FakeKVM(profile: .snpHost)).createVM(type: .snp)
+        let vm = try KVM.open(using: FakeKVM(profile: .snpHost), experimental: .all).createVM(type: .snp)
         let (memfd, outcome) = try Populator.createGuestMemfd(vm: vm, size: 1 << 20, flags: [.mmap], options: PopulateOptions())
         #expect(outcome == BackingOutcome(asked: .pages4K, got: .pages4K))
         #expect(outcome.description == "4 KiB pages")
@@ -46,7 +46,7 @@ import Testing
 
     @Test func thePopulationReportNamesTheBacking() throws {
         let fake = FakeKVM(profile: .snpRMPOPTHost(hostMemory: 8 << 30))
-        let kvm = try KVM.open(using: fake)
+        let kvm = try KVM.open(using: fake, experimental: .all)
         let vm = try kvm.createVM(type: .snp)
         let snp = try SEVSNP(vm: vm)
         try snp.init2()

@@ -51,7 +51,7 @@ struct PopulationRig {
         case .tdx: .tdx(TDXLaunchParameters())
         case .cca: .cca(CCABackend.defaultParameters)
         }
-        session = try LaunchSession(kvm: try KVM.open(using: kernel), platform: launch)
+        session = try LaunchSession(kvm: try KVM.open(using: kernel, experimental: .all), platform: launch)
         vm = session.vm
         vcpu = try session.createVCPUs(1)[0]
         let slot = try session.createMemory(at: Self.memoryBase, size: Self.memorySize, slot: 0)
@@ -485,7 +485,7 @@ func expectedSNPDigest(start: [UInt8], _ pages: [(gpa: UInt64, type: UInt8, cont
         var profile = HostProfile.snpHost
         profile.tdp = false
         let fake = FakeKVM(profile: profile)
-        let vm = try KVM.open(using: fake).createVM(type: .snp)
+        let vm = try KVM.open(using: fake, experimental: .all).createVM(type: .snp)
         let snp = try SEVSNP(vm: vm)
         try snp.init2()
         let vcpu = try vm.createVCPU(id: 0)
