@@ -2,7 +2,7 @@ import CKVMHeaders
 
 /// Why `KVM_RUN` returned, decoded from the vCPU's `kvm_run` area.
 public enum VCPUExit {
-    /// `KVM_EXIT_IO`: a port access; for `in`, fill `data` before the next run.
+    /// `KVM_EXIT_IO`: a port access; an `in` is answered through `VCPUExitData` in `run(_:)`.
     case io(IOExit)
     /// `KVM_EXIT_MMIO`: an access to a guest-physical address no memslot backs.
     case mmio(MMIOExit)
@@ -26,7 +26,7 @@ public enum VCPUExit {
 }
 
 /// A port access that exited to userspace.
-public struct IOExit {
+public struct IOExit: Hashable, Sendable {
     public enum Direction: Sendable { case `in`, out }
     public let direction: Direction
     public let port: UInt16
@@ -34,23 +34,56 @@ public struct IOExit {
     public let size: Int
     /// Accesses in a string instruction (`rep outsb`), 1 otherwise.
     public let count: Int
-    /// The accessed bytes inside `kvm_run`, valid until the next `run()`.
-    public let data: UnsafeMutableRawBufferPointer
+    /// What the guest wrote, for `out` (`size * count` bytes); empty for `in`,
+    /// whose bytes the handler of `VCPU.run(_:)` writes into `VCPUExitData`.
+    public let written: [UInt8]
 
-    /// The first access's value, little-endian.
+    /// The first access's value, little-endian (0 for `in`).
     public var value: UInt32 {
         var result: UInt32 = 0
-        for index in 0..<min(size, 4) { result |= UInt32(data[index]) << (8 * index) }
+        for index in 0..<min(size, 4, written.count) { result |= UInt32(written[index]) << (8 * index) }
         return result
     }
 }
 
 /// A guest-physical access no memslot backs.
-public struct MMIOExit {
+public struct MMIOExit: Hashable, Sendable {
     public let physicalAddress: UInt64
     public let isWrite: Bool
-    /// The accessed bytes inside `kvm_run`, valid until the next `run()`.
-    public let data: UnsafeMutableRawBufferPointer
+    /// Bytes accessed, at most 8.
+    public let length: Int
+    /// What the guest wrote; empty for a read, answered through `VCPUExitData`.
+    public let written: [UInt8]
+}
+
+/// The data bytes of the exit `VCPU.run(_:)` hands to its handler: the
+/// bytes of a port access or MMIO access inside the vCPU's `kvm_run` area,
+/// which the handler fills for a read. It is lent to the handler alone: it
+/// cannot be copied, and the handler receives it `inout`, so it cannot
+/// outlive the call (the next `KVM_RUN` rewrites the area).
+public struct VCPUExitData: ~Copyable {
+    private let base: UnsafeMutableRawPointer?
+    /// The bytes the exit carries (0 for exits with no data).
+    public let count: Int
+
+    init(base: UnsafeMutableRawPointer?, count: Int) {
+        self.base = base
+        self.count = base == nil ? 0 : count
+    }
+
+    public subscript(index: Int) -> UInt8 {
+        get {
+            precondition(index >= 0 && index < count, "exit data index out of range")
+            return base!.load(fromByteOffset: index, as: UInt8.self)
+        }
+        nonmutating set {
+            precondition(index >= 0 && index < count, "exit data index out of range")
+            base!.storeBytes(of: newValue, toByteOffset: index, as: UInt8.self)
+        }
+    }
+
+    /// A copy of the bytes.
+    public var bytes: [UInt8] { (0..<count).map { self[$0] } }
 }
 
 /// The fields of `KVM_EXIT_MEMORY_FAULT`.
@@ -114,18 +147,40 @@ public final class VCPU: KernelObject {
     ///   whether to re-enter); any other errno except the EFAULT that comes
     ///   with a memory-fault exit, which is returned as `.memoryFault`.
     public func run() throws(KVMError) -> VCPUExit {
+        try run { exit, _ in exit }
+    }
+
+    /// Runs the vCPU until it exits to userspace and hands the exit to
+    /// `handle` with its data bytes, which `handle` fills for an `in` or an
+    /// MMIO read; the data is valid only during the call.
+    ///
+    /// The corresponding ioctl is `KVM_RUN` (vCPU ioctl).
+    public func run<Result>(_ handle: (VCPUExit, inout VCPUExitData) -> Result) throws(KVMError) -> Result {
         // A stale exit reason must never be read as this run's: the kernel
         // writes it only on the paths that report an exit.
         state.pointee.exit_reason = UInt32(KVM_EXIT_UNKNOWN)
         do {
             _ = try kernel.ioctl(fd, Ioctl.run.request, 0)
         } catch {
-            if error == .badAddress, state.pointee.exit_reason == UInt32(CKVM_EXIT_MEMORY_FAULT) {
-                return decodeExit()
+            guard error == .badAddress, state.pointee.exit_reason == UInt32(CKVM_EXIT_MEMORY_FAULT) else {
+                throw KVMError(.ioctl(.run), on: .vcpu, fd: fd, errno: error, detail: "vCPU \(id)")
             }
-            throw KVMError(.ioctl(.run), on: .vcpu, fd: fd, errno: error, detail: "vCPU \(id)")
         }
-        return decodeExit()
+        var data = exitData()
+        return handle(decodeExit(), &data)
+    }
+
+    /// The data bytes of the current exit: a port access's at `io.data_offset`, an MMIO access's in `mmio.data`.
+    private func exitData() -> VCPUExitData {
+        switch Int32(state.pointee.exit_reason) {
+        case KVM_EXIT_IO:
+            let io = state.pointee.io
+            return VCPUExitData(base: runArea + Int(io.data_offset), count: Int(io.size) * Int(io.count))
+        case KVM_EXIT_MMIO:
+            return VCPUExitData(base: UnsafeMutableRawPointer(ckvm_run_mmio_data(state)), count: min(Int(state.pointee.mmio.len), 8))
+        default:
+            return VCPUExitData(base: nil, count: 0)
+        }
     }
 
     private func decodeExit() -> VCPUExit {
@@ -133,15 +188,17 @@ public final class VCPU: KernelObject {
         switch Int32(reason) {
         case KVM_EXIT_IO:
             let io = state.pointee.io
-            let bytes = Int(io.size) * Int(io.count)
-            let data = UnsafeMutableRawBufferPointer(start: runArea + Int(io.data_offset), count: bytes)
-            return .io(IOExit(direction: io.direction == UInt8(KVM_EXIT_IO_IN) ? .in : .out,
-                              port: io.port, size: Int(io.size), count: Int(io.count), data: data))
+            let isIn = io.direction == UInt8(KVM_EXIT_IO_IN)
+            let bytes = isIn ? 0 : Int(io.size) * Int(io.count)
+            let written = [UInt8](UnsafeRawBufferPointer(start: runArea + Int(io.data_offset), count: bytes))
+            return .io(IOExit(direction: isIn ? .in : .out, port: io.port, size: Int(io.size), count: Int(io.count),
+                              written: written))
         case KVM_EXIT_MMIO:
-            let length = Int(state.pointee.mmio.len)
-            let data = UnsafeMutableRawBufferPointer(start: runArea + 32 + 8, count: min(length, 8))
-            return .mmio(MMIOExit(physicalAddress: state.pointee.mmio.phys_addr, isWrite: state.pointee.mmio.is_write != 0,
-                                  data: data))
+            let length = min(Int(state.pointee.mmio.len), 8)
+            let isWrite = state.pointee.mmio.is_write != 0
+            let written = isWrite ? [UInt8](UnsafeRawBufferPointer(start: ckvm_run_mmio_data(state), count: length)) : []
+            return .mmio(MMIOExit(physicalAddress: state.pointee.mmio.phys_addr, isWrite: isWrite, length: length,
+                                  written: written))
         case KVM_EXIT_HLT: return .hlt
         case KVM_EXIT_SHUTDOWN: return .shutdown
         case KVM_EXIT_FAIL_ENTRY: return .failEntry(hardwareReason: state.pointee.fail_entry.hardware_entry_failure_reason)

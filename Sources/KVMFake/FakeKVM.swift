@@ -794,6 +794,12 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
                 run.pointee.mmio.phys_addr = address
                 run.pointee.mmio.len = UInt32(min(inPage, 8))
                 run.pointee.mmio.is_write = write == nil ? 0 : 1
+                // A write's bytes travel in mmio.data (x86.c, emulator_read_write_onepage
+                // and complete_emulated_mmio copy at most 8 of them per exit).
+                if let write {
+                    let bytes = Array(write[done..<(done + min(inPage, 8))])
+                    withUnsafeMutableBytes(of: &run.pointee.mmio.data) { $0.copyBytes(from: bytes) }
+                }
                 vcpu.nextStep += 1
                 return false
             }

@@ -303,9 +303,8 @@ public final class Machine {
             pthread_sigmask(SIG_SETMASK, &previous, nil)
         }
         while !control.isFinished {
-            let exit: VCPUExit
             do {
-                exit = try vcpu.run()
+                try vcpu.run { exit, data in handle(exit, &data, vcpu: vcpu, control: control) }
             } catch {
                 if error.errno == .interrupted {
                     checkParked(index, vcpu, control)
@@ -315,40 +314,44 @@ public final class Machine {
                 return
             }
             control.setParked(index, false)
-            switch exit {
-            case .io(let io):
-                if let end = bus.handle(io) { control.finish(.success(end)) }
-            case .mmio(let access):
-                // Nothing is mapped there: reads see all ones, writes are dropped.
-                if !access.isWrite { for index in access.data.indices { access.data[index] = 0xFF } }
-            case .hlt:
-                // Only without the in-kernel irqchip; kept for completeness. A
-                // protected vCPU's flags cannot be read: nothing here wakes it.
-                let regs = try? vcpu.getRegs()
-                if regs.map({ $0.rflags & Self.interruptFlag == 0 }) ?? true {
-                    control.finish(.success(.haltedWithInterruptsOff))
-                }
-            case .hypercall(let number, let arguments) where number == UInt64(CKVM_HC_MAP_GPA_RANGE):
-                vcpu.setHypercallResult(mapGPARange(arguments))
-            case .memoryFault(let fault):
-                // The guest touched memory as private while it was shared or the
-                // other way round: an implicit conversion request (KVM_EXIT_MEMORY_FAULT).
-                do {
-                    try convert(fault.range, toPrivate: fault.isPrivate)
-                } catch {
-                    control.finish(.failure(.kvm(error)))
-                }
-            case .shutdown:
-                control.finish(.success(.tripleFault))
-            case .systemEvent(let type):
-                control.finish(.success(.systemEvent(type: type)))
-            case .internalError(let suberror):
-                control.finish(.failure(.emulation(suberror: suberror, vcpu: vcpu.id, rip: try? vcpu.getRegs().rip)))
-            case .failEntry(let reason):
-                control.finish(.failure(.failedEntry(reason: reason, vcpu: vcpu.id)))
-            case let other:
-                control.finish(.failure(.unexpectedExit("\(other)", vcpu: vcpu.id)))
+        }
+    }
+
+    /// Answers one exit of `vcpu`; its data is valid during this call only.
+    private func handle(_ exit: VCPUExit, _ data: inout VCPUExitData, vcpu: VCPU, control: RunControl) {
+        switch exit {
+        case .io(let io):
+            if let end = bus.handle(io, data: &data) { control.finish(.success(end)) }
+        case .mmio(let access):
+            // Nothing is mapped there: reads see all ones, writes are dropped.
+            if !access.isWrite { for index in 0..<data.count { data[index] = 0xFF } }
+        case .hlt:
+            // Only without the in-kernel irqchip; kept for completeness. A
+            // protected vCPU's flags cannot be read: nothing here wakes it.
+            let regs = try? vcpu.getRegs()
+            if regs.map({ $0.rflags & Self.interruptFlag == 0 }) ?? true {
+                control.finish(.success(.haltedWithInterruptsOff))
             }
+        case .hypercall(let number, let arguments) where number == UInt64(CKVM_HC_MAP_GPA_RANGE):
+            vcpu.setHypercallResult(mapGPARange(arguments))
+        case .memoryFault(let fault):
+            // The guest touched memory as private while it was shared or the
+            // other way round: an implicit conversion request (KVM_EXIT_MEMORY_FAULT).
+            do {
+                try convert(fault.range, toPrivate: fault.isPrivate)
+            } catch {
+                control.finish(.failure(.kvm(error)))
+            }
+        case .shutdown:
+            control.finish(.success(.tripleFault))
+        case .systemEvent(let type):
+            control.finish(.success(.systemEvent(type: type)))
+        case .internalError(let suberror):
+            control.finish(.failure(.emulation(suberror: suberror, vcpu: vcpu.id, rip: try? vcpu.getRegs().rip)))
+        case .failEntry(let reason):
+            control.finish(.failure(.failedEntry(reason: reason, vcpu: vcpu.id)))
+        case let other:
+            control.finish(.failure(.unexpectedExit("\(other)", vcpu: vcpu.id)))
         }
     }
 

@@ -131,6 +131,11 @@ static const int CKVM_FALLOC_FL_ZERO_RANGE = 0x10;
 /* lseek(2) whence: the next offset holding data (needs _GNU_SOURCE in libc). */
 static const int CKVM_SEEK_DATA = 3;
 
+/* The data bytes of a KVM_EXIT_MMIO, inside the exit union. */
+static inline __u8 *_Nonnull ckvm_run_mmio_data(struct kvm_run *_Nonnull run) {
+    return run->mmio.data;
+}
+
 /* The exit union of struct kvm_run starts at byte 32 on every architecture. */
 static inline struct ckvm_memory_fault_exit *_Nonnull ckvm_run_memory_fault(struct kvm_run *_Nonnull run) {
     return (struct ckvm_memory_fault_exit *)((char *)run + 32);

@@ -48,7 +48,7 @@ public final class PortIOBus: @unchecked Sendable {
 
     /// Performs every access of one port exit (more than one for `rep ins/outs`),
     /// filling the exit's data for reads. Returns how the run ends, if a device ends it.
-    func handle(_ io: IOExit) -> RunEnd? {
+    func handle(_ io: IOExit, data: inout VCPUExitData) -> RunEnd? {
         lock.withLock { _ -> RunEnd? in
             let device = entries.first { $0.ports.contains(io.port) }?.device
             for access in 0..<io.count {
@@ -56,10 +56,10 @@ public final class PortIOBus: @unchecked Sendable {
                 switch io.direction {
                 case .in:
                     let value = device?.read(port: io.port, size: io.size) ?? UInt32.max
-                    for byte in 0..<io.size { io.data[offset + byte] = UInt8(truncatingIfNeeded: value >> (8 * byte)) }
+                    for byte in 0..<io.size { data[offset + byte] = UInt8(truncatingIfNeeded: value >> (8 * byte)) }
                 case .out:
                     var value: UInt32 = 0
-                    for byte in 0..<min(io.size, 4) { value |= UInt32(io.data[offset + byte]) << (8 * byte) }
+                    for byte in 0..<min(io.size, 4) { value |= UInt32(io.written[offset + byte]) << (8 * byte) }
                     if let end = device?.write(port: io.port, size: io.size, value: value) { return end }
                 }
             }

@@ -142,7 +142,7 @@ enum ProbeCommand {
         while true {
             switch try vcpu.run() {
             case .io(let io) where io.direction == .out && io.port == serialPort:
-                output.append(contentsOf: io.data)
+                output.append(contentsOf: io.written)
                 guard output.count <= 4096 else { return String(decoding: output, as: UTF8.self) }
             case .hlt:
                 return String(decoding: output, as: UTF8.self)

@@ -146,12 +146,32 @@ import Testing
             Issue.record("expected an MMIO exit")
             return
         }
-        #expect(mmio.physicalAddress == 0xFEE0_0000 && mmio.isWrite)
+        #expect(mmio.physicalAddress == 0xFEE0_0000 && mmio.isWrite && mmio.written == [1, 0, 0, 0])
         guard case .io(let io) = try vcpu.run() else {
             Issue.record("expected a port exit")
             return
         }
         #expect(io.port == 0xF4 && io.value == 3 && io.direction == .out)
+    }
+
+    @Test func exitDataIsLentToTheHandlerAndCoversExactlyTheAccess() throws {
+        let fake = FakeKVM()
+        let vm = try KVM.open(using: fake).createVM()
+        let vcpu = try vm.createVCPU(id: 0)
+        fake.program(vcpu, [.portOut(port: 0x3F8, bytes: [0x41, 0x42]), .read(gpa: 0xFEE0_0010, count: 4, isPrivate: false)])
+        let out = try vcpu.run { exit, data in (exit, data.bytes) }
+        guard case .io(let io) = out.0 else {
+            Issue.record("expected a port exit, got \(out.0)")
+            return
+        }
+        #expect(io.written == [0x41, 0x42] && out.1 == [0x41, 0x42])
+        // An MMIO read: the handler answers in the lent bytes, four of them.
+        let count = try vcpu.run { exit, data -> Int in
+            guard case .mmio(let read) = exit, !read.isWrite, read.written.isEmpty else { return -1 }
+            for index in 0..<data.count { data[index] = 0xFF }
+            return data.count
+        }
+        #expect(count == 4)
     }
 
     @Test func releasingEveryObjectLeavesNoDescriptorOrMappingBehind() throws {
