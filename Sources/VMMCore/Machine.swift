@@ -82,6 +82,8 @@ public final class Machine {
     /// The CPUID the boot vCPU was given (an SNP guest's CPUID table is built from it).
     let cpuid: [kvm_cpuid_entry2]
     let bus = PortIOBus()
+    /// The first KVM call a device failed to make (an interrupt it could not raise).
+    private let deviceFailure = FirstFailure()
 
     /// - Parameters:
     ///   - platform: `.plain` or `.snp`; the caller has checked that the host offers it.
@@ -112,11 +114,16 @@ public final class Machine {
         } catch {
             throw .kvm(error)
         }
-        let irqVM = vm
+        let irqVM = vm, failures = deviceFailure
         let serial = Serial8250(output: output, interrupt: {
-            // An edge on ISA IRQ 4: raise and lower the line of the in-kernel PIC and IOAPIC.
-            _ = try? irqVM.irqLine(Serial8250.irq, level: true)
-            _ = try? irqVM.irqLine(Serial8250.irq, level: false)
+            // An edge on ISA IRQ 4: raise and lower the line of the in-kernel PIC and
+            // IOAPIC. A refused KVM_IRQ_LINE ends the run after this exit (see `handle`).
+            do throws(KVMError) {
+                try irqVM.irqLine(Serial8250.irq, level: true)
+                try irqVM.irqLine(Serial8250.irq, level: false)
+            } catch {
+                failures.record(error)
+            }
         })
         bus.register(serial, ports: Serial8250.ports)
         bus.register(DebugExit(), ports: DebugExit.ports)
@@ -322,6 +329,7 @@ public final class Machine {
         switch exit {
         case .io(let io):
             if let end = bus.handle(io, data: &data) { control.finish(.success(end)) }
+            if let failure = deviceFailure.error { control.finish(.failure(.kvm(failure))) }
         case .mmio(let access):
             // Nothing is mapped there: reads see all ones, writes are dropped.
             if !access.isWrite { for index in 0..<data.count { data[index] = 0xFF } }
@@ -415,6 +423,13 @@ public final class Machine {
 
 /// The shared state of one run: its result, which vCPUs are parked, and
 /// the threads the watchdog interrupts.
+/// The first error recorded, from any thread.
+final class FirstFailure: Sendable {
+    private let first = Mutex<KVMError?>(nil)
+    func record(_ error: KVMError) { first.withLock { if $0 == nil { $0 = error } } }
+    var error: KVMError? { first.withLock { $0 } }
+}
+
 public final class RunControl: Sendable {
     private struct State {
         var result: Result<RunEnd, MachineFailure>?

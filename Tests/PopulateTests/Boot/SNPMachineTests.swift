@@ -62,6 +62,22 @@ import Testing
         #expect(kvmError { _ = try machine.vcpus[0].getRegs() }?.errno == .invalidArgument)
     }
 
+    @Test func anInterruptTheSerialPortCannotRaiseEndsTheRunWithTheKVMError() throws {
+        let machine = try machine()
+        _ = try SNPLaunch.perform(try setup(), machine: machine)
+        fake.program(machine.vcpus[0], [
+            .portOut(port: 0x3F9, bytes: [0x02]),  // IER: interrupt when the transmitter is empty
+            .portOut(port: 0x3F8, bytes: [0x41]),
+            .portOut(port: 0xF4, bytes: [0x21]),
+        ])
+        kernel.inject(.ioError, into: .ioctl(.irqLine))
+        guard case .failure(.kvm(let error)) = machine.run() else {
+            Issue.record("a refused KVM_IRQ_LINE must end the run")
+            return
+        }
+        #expect(error.operation == .ioctl(.irqLine) && error.errno == .ioError)
+    }
+
     @Test func theRunLoopConvertsMemoryAtTheGuestsRequestAndEndsAtDebugExit() throws {
         let machine = try machine()
         _ = try SNPLaunch.perform(try setup(), machine: machine)
