@@ -120,66 +120,48 @@ final class RMPOPTEmulation {
         return "\(bytes) bytes"
     }
 
-    /// Reads the options `rmp status --emulate` and `bench rmpopt` share;
-    /// returns false for an argument that is not one of them, and throws a
-    /// one-line usage message for a bad value.
-    static func parseSharedOption(_ arguments: [String], _ index: inout Int, into setup: inout Setup)
-        throws(EmulationUsageError) -> Bool
-    {
-        let name = arguments[index]
-        func value() throws(EmulationUsageError) -> String {
-            index += 1
-            guard index < arguments.count else { throw EmulationUsageError("\(name) needs a value") }
-            return arguments[index]
-        }
-        switch name {
-        case "--host-memory":
-            let text = try value()
+    /// The options `rmp status --emulate` and `bench rmpopt` share.
+    static let sharedOptions = ["--host-memory", "--guests", "--guest-size", "--cpus"].map { OptionSpec(names: [$0], takesValue: true) }
+
+    /// Reads the shared options from `given` into `setup`; a bad value is a one-line usage error.
+    static func readSharedOptions(_ given: ParsedArguments, into setup: inout Setup) throws(UsageError) {
+        if let text = given["--host-memory"] {
             guard let size = parseSize(text), size >= 2 << 30, size % (1 << 30) == 0, size <= 4 << 40 else {
-                throw EmulationUsageError("--host-memory '\(text)' must be a whole number of GiB from 2G to 4T, such as 64G")
+                throw UsageError("--host-memory '\(text)' must be a whole number of GiB from 2G to 4T, such as 64G")
             }
             setup.hostMemory = size
-        case "--guests":
-            let text = try value()
+        }
+        if let text = given["--guests"] {
             guard let count = Int(text), count >= 1, count <= 1024 else {
-                throw EmulationUsageError("--guests '\(text)' must be a count from 1 to 1024")
+                throw UsageError("--guests '\(text)' must be a count from 1 to 1024")
             }
             setup.guests = count
-        case "--guest-size":
-            let text = try value()
+        }
+        if let text = given["--guest-size"] {
             guard let size = parseSize(text), size >= 2 << 20, size % (2 << 20) == 0 else {
-                throw EmulationUsageError("--guest-size '\(text)' must be a multiple of 2 MiB, at least 2M, such as 256M")
+                throw UsageError("--guest-size '\(text)' must be a multiple of 2 MiB, at least 2M, such as 256M")
             }
             setup.guestSize = size
-        case "--cpus":
-            let text = try value()
+        }
+        if let text = given["--cpus"] {
             guard let count = Int(text), count >= 1, count <= 512 else {
-                throw EmulationUsageError("--cpus '\(text)' must be a count from 1 to 512")
+                throw UsageError("--cpus '\(text)' must be a count from 1 to 512")
             }
             setup.cpus = count
-        default:
-            return false
         }
-        return true
     }
 
     /// Checks that the guests fit the host under `backing`: each guest's
     /// memory rounds up to whole huge pages, the first GiB is the host
     /// kernel's, and 1 GiB pages take whole regions.
-    static func checkFits(_ setup: Setup, backing: GuestMemoryBacking) throws(EmulationUsageError) {
+    static func checkFits(_ setup: Setup, backing: GuestMemoryBacking) throws(UsageError) {
         let page = backing.pageSize
         let perGuest = (setup.guestSize + page - 1) / page * page
         let (total, overflow) = perGuest.multipliedReportingOverflow(by: UInt64(setup.guests))
         guard !overflow, total <= setup.hostMemory - (1 << 30) else {
-            throw EmulationUsageError("\(setup.guests) guests of \(sizeText(setup.guestSize)) with \(backing) need "
+            throw UsageError("\(setup.guests) guests of \(sizeText(setup.guestSize)) with \(backing) need "
                 + "\(overflow ? "more than the host has" : sizeText(total)), more than the \(sizeText(setup.hostMemory - (1 << 30))) "
                 + "a \(sizeText(setup.hostMemory)) host has above its kernel's first GiB")
         }
     }
-}
-
-/// A command-line mistake in the emulation options, as one line.
-struct EmulationUsageError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }

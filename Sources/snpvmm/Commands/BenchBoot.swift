@@ -46,31 +46,26 @@ enum BenchBoot {
 
     @Sendable static func run(_ arguments: [String]) -> ExitCode {
         var options = Options()
-        var index = 0
-        while index < arguments.count {
-            let flag = arguments[index]
-            guard ["--runs", "--kernel", "--initrd", "--memory", "--help"].contains(flag) else {
-                fail("bench boot: unknown option '\(flag)'\n\(usage)", status: .usage)
+        let parser = ArgumentParser(options: [ArgumentParser.help] + ["--runs", "--kernel", "--initrd", "--memory"]
+                                        .map { OptionSpec(names: [$0], takesValue: true) },
+                                    dialect: .snpvmm(command: "bench boot"))
+        let given: ParsedArguments
+        do { given = try parser.parse(arguments) } catch { fail("bench boot: \(error)", status: .usage) }
+        if given.has("--help") {
+            print(usage)
+            return .success
+        }
+        if let value = given["--runs"] {
+            guard let runs = Int(value), (1...1000).contains(runs) else {
+                fail("bench boot: --runs '\(value)' is not a number from 1 to 1000", status: .usage)
             }
-            if flag == "--help" {
-                print(usage)
-                return .success
-            }
-            guard index + 1 < arguments.count else { fail("bench boot: \(flag) needs a value", status: .usage) }
-            let value = arguments[index + 1]
-            index += 2
-            switch flag {
-            case "--runs":
-                guard let runs = Int(value), (1...1000).contains(runs) else {
-                    fail("bench boot: --runs '\(value)' is not a number from 1 to 1000", status: .usage)
-                }
-                options.runs = runs
-            case "--kernel": options.kernel = value
-            case "--initrd": options.initrd = value
-            default:
-                do { options.memory = try RunCommand.parseMemorySize(value) } catch {
-                    fail("bench boot: \(error.description)", status: .usage)
-                }
+            options.runs = runs
+        }
+        options.kernel = given["--kernel"]
+        options.initrd = given["--initrd"]
+        if let value = given["--memory"] {
+            do { options.memory = try RunCommand.parseMemorySize(value) } catch {
+                fail("bench boot: \(error.description)", status: .usage)
             }
         }
         let kernel = options.kernel ?? fixtureKernel

@@ -129,29 +129,24 @@ enum BenchCycles {
     static func run(_ arguments: [String]) -> ExitCode {
         var count = 1000
         var choice = RAMChoice.auto
-        var index = 0
-        while index < arguments.count {
-            switch arguments[index] {
-            case "--count":
-                index += 1
-                guard index < arguments.count, let value = Int(arguments[index]), value > 0 else {
-                    fail("bench cycles: --count needs a positive number\n\(usage)", status: .usage)
-                }
-                count = value
-            case "--ram":
-                index += 1
-                guard index < arguments.count, let value = RAMChoice(rawValue: arguments[index]) else {
-                    fail("bench cycles: --ram needs one of \(RAMChoice.allCases.map(\.rawValue).joined(separator: ", "))\n\(usage)",
-                         status: .usage)
-                }
-                choice = value
-            case "--help":
-                print(usage)
-                return .success
-            default:
-                fail("bench cycles: unknown option '\(arguments[index])'\n\(usage)", status: .usage)
+        let parser = ArgumentParser(options: [ArgumentParser.help, OptionSpec(names: ["--count"], takesValue: true),
+                                              OptionSpec(names: ["--ram"], takesValue: true)],
+                                    dialect: .snpvmm(command: "bench cycles"))
+        let given: ParsedArguments
+        do { given = try parser.parse(arguments) } catch { fail("bench cycles: \(error)", status: .usage) }
+        if given.has("--help") {
+            print(usage)
+            return .success
+        }
+        if let text = given["--count"] {
+            guard let value = Int(text), value > 0 else { fail("bench cycles: --count needs a positive number", status: .usage) }
+            count = value
+        }
+        if let text = given["--ram"] {
+            guard let value = RAMChoice(rawValue: text) else {
+                fail("bench cycles: --ram needs one of \(RAMChoice.allCases.map(\.rawValue).joined(separator: ", "))", status: .usage)
             }
-            index += 1
+            choice = value
         }
         do {
             let kernel = try FeatureHidingKernel.hostKernel()

@@ -19,23 +19,20 @@ enum BenchMeasure {
                                 "Tests/Fixtures/Measurement/OVMF/sid-OVMF.amdsev.fd"]
 
     @Sendable static func run(_ arguments: [String]) -> ExitCode {
-        var images = [String](), sizeMiB = 1024, runs = 5
-        var index = 0
-        while index < arguments.count {
-            let argument = arguments[index]
-            guard index + 1 < arguments.count else { fail("bench measure: \(argument) needs a value", status: .usage) }
-            let value = arguments[index + 1]
-            switch argument {
-            case "--ovmf": images.append(value)
-            case "--size":
-                guard let value = Int(value), value > 0 else { fail("bench measure: --size takes MiB > 0", status: .usage) }
-                sizeMiB = value
-            case "--runs":
-                guard let value = Int(value), value > 0 else { fail("bench measure: --runs takes a count > 0", status: .usage) }
-                runs = value
-            default: fail("bench measure: unknown option '\(argument)'", status: .usage)
-            }
-            index += 2
+        var sizeMiB = 1024, runs = 5
+        var parser = ArgumentParser(options: ["--ovmf", "--size", "--runs"].map { OptionSpec(names: [$0], takesValue: true) },
+                                    dialect: .snpvmm(command: "bench measure"))
+        parser.repeatable = ["--ovmf"]
+        let given: ParsedArguments
+        do { given = try parser.parse(arguments) } catch { fail("bench measure: \(error)", status: .usage) }
+        var images = given.values["--ovmf"] ?? []
+        if let text = given["--size"] {
+            guard let value = Int(text), value > 0 else { fail("bench measure: --size takes MiB > 0", status: .usage) }
+            sizeMiB = value
+        }
+        if let text = given["--runs"] {
+            guard let value = Int(text), value > 0 else { fail("bench measure: --runs takes a count > 0", status: .usage) }
+            runs = value
         }
         if images.isEmpty { images = defaultImages.filter { access($0, R_OK) == 0 } }
         if images.isEmpty { fail("bench measure: no OVMF image; pass --ovmf FILE or run from the package root", status: .usage) }

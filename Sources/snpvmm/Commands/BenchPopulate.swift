@@ -15,27 +15,24 @@ enum BenchPopulate {
         name: "populate", synopsis: "populate --size SIZE [--runs N] [--json]", run: { run($0) })
 
     static func run(_ arguments: [String]) -> ExitCode {
-        var size: UInt64 = 256 << 20, runs = 3, json = false
-        var index = 0
-        while index < arguments.count {
-            switch arguments[index] {
-            case "--size":
-                index += 1
-                guard index < arguments.count, let value = parseSize(arguments[index]), value > 0, value % pageSize == 0 else {
-                    fail("bench populate: --size needs a positive multiple of 4 KiB such as 256M or 1G", status: .usage)
-                }
-                size = value
-            case "--runs":
-                index += 1
-                guard index < arguments.count, let value = Int(arguments[index]), value > 0 else {
-                    fail("bench populate: --runs needs a positive count", status: .usage)
-                }
-                runs = value
-            case "--json": json = true
-            default: fail("bench populate: unknown option '\(arguments[index])'", status: .usage)
+        var size: UInt64 = 256 << 20, runs = 3
+        let parser = ArgumentParser(options: [OptionSpec(names: ["--size"], takesValue: true),
+                                              OptionSpec(names: ["--runs"], takesValue: true),
+                                              OptionSpec(names: ["--json"], takesValue: false)],
+                                    dialect: .snpvmm(command: "bench populate"))
+        let given: ParsedArguments
+        do { given = try parser.parse(arguments) } catch { fail("bench populate: \(error)", status: .usage) }
+        if let text = given["--size"] {
+            guard let value = parseSize(text), value > 0, value % pageSize == 0 else {
+                fail("bench populate: --size needs a positive multiple of 4 KiB such as 256M or 1G", status: .usage)
             }
-            index += 1
+            size = value
         }
+        if let text = given["--runs"] {
+            guard let value = Int(text), value > 0 else { fail("bench populate: --runs needs a positive count", status: .usage) }
+            runs = value
+        }
+        let json = given.has("--json")
         do {
             let contents = (0..<Int(size)).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ ($0 >> 12)) }
             let memcpy = try best(of: runs) { try memcpyIntoFreshMemory(contents) }

@@ -29,30 +29,22 @@ enum BenchRMPOPT {
     static func run(_ arguments: [String]) -> ExitCode {
         var setup = RMPOPTEmulation.Setup()
         var policies = GuestMemoryBacking.allCases
+        let parser = ArgumentParser(options: RMPOPTEmulation.sharedOptions + [
+            OptionSpec(names: ["--policy"], takesValue: true), OptionSpec(names: ["--json"], takesValue: false),
+        ], dialect: .snpvmm(command: "bench rmpopt"))
         var json = false
-        var index = 0
-        do throws(EmulationUsageError) {
-            while index < arguments.count {
-                if try RMPOPTEmulation.parseSharedOption(arguments, &index, into: &setup) {
-                    index += 1
-                    continue
+        do throws(UsageError) {
+            let given = try parser.parse(arguments)
+            json = given.has("--json")
+            try RMPOPTEmulation.readSharedOptions(given, into: &setup)
+            if let text = given["--policy"] {
+                if text == "all" {
+                    policies = GuestMemoryBacking.allCases
+                } else if let policy = GuestMemoryBacking(rawValue: text) {
+                    policies = [policy]
+                } else {
+                    throw UsageError("--policy '\(text)' must be 4k, 2m, 1g or all")
                 }
-                switch arguments[index] {
-                case "--policy":
-                    index += 1
-                    guard index < arguments.count else { throw EmulationUsageError("--policy needs a value") }
-                    let text = arguments[index]
-                    if text == "all" {
-                        policies = GuestMemoryBacking.allCases
-                    } else if let policy = GuestMemoryBacking(rawValue: text) {
-                        policies = [policy]
-                    } else {
-                        throw EmulationUsageError("--policy '\(text)' must be 4k, 2m, 1g or all")
-                    }
-                case "--json": json = true
-                default: throw EmulationUsageError("unknown option '\(arguments[index])'")
-                }
-                index += 1
             }
             for policy in policies { try RMPOPTEmulation.checkFits(setup, backing: policy) }
         } catch {

@@ -44,9 +44,9 @@ enum MeasureCommand {
         """
 
     static func run(_ arguments: [String]) -> ExitCode {
-        var parser = MeasureArguments()
+        let parser = MeasureArguments()
         let values: [String: String]
-        do { values = try parser.parse(arguments) } catch { return usageError(error.message) }
+        do { values = try parser.parse(arguments) } catch { return usageError(error.description) }
         if values["--help"] != nil {
             print(help)
             return .success
@@ -62,7 +62,7 @@ enum MeasureCommand {
             default: return try measureSNP(values)
             }
         } catch let error as UsageError {
-            return usageError(error.message)
+            return usageError(error.description)
         } catch {
             return runtimeError("\(error)")
         }
@@ -231,13 +231,6 @@ enum MeasureCommand {
     }
 }
 
-
-/// A command-line mistake: reported as argparse reports it, with exit status 2.
-struct UsageError: Error {
-    let message: String
-    init(_ message: String) { self.message = message }
-}
-
 /// An input that cannot be measured: "Error: …", exit status 1.
 struct MeasureFailure: Error, CustomStringConvertible {
     let description: String
@@ -309,23 +302,18 @@ extension String {
 /// an option unless it is a negative number or contains a space, the last
 /// repeat wins, and conversion errors name the option.
 struct MeasureArguments {
-    struct Option {
-        let names: [String]
-        let takesValue: Bool
-        /// Checks a value at parse time as argparse's `type=`/`choices=` do; returns an error message.
-        var check: ((String) -> String?)? = nil
-    }
+    typealias Option = OptionSpec
 
     static let modes = ["snp", "snp:ovmf-hash", "tdx", "cca"]
 
-    static func choices(_ allowed: [String]) -> (String) -> String? {
+    static func choices(_ allowed: [String]) -> @Sendable (String) -> String? {
         { value in
             allowed.contains(value) ? nil
                 : "invalid choice: '\(value)' (choose from \(allowed.map { "'\($0)'" }.joined(separator: ", ")))"
         }
     }
 
-    static func integer(_ typeName: String, autoBase: Bool, fitIn64: Bool = false) -> (String) -> String? {
+    static func integer(_ typeName: String, autoBase: Bool, fitIn64: Bool = false) -> @Sendable (String) -> String? {
         { value in
             guard let parsed = PythonInteger(value, autoBase: autoBase), !fitIn64 || parsed.exact != nil else {
                 return "invalid \(typeName) value: '\(value)'"
@@ -370,94 +358,14 @@ struct MeasureArguments {
         Option(names: ["--lpa2"], takesValue: false),
     ]
 
-    /// argparse's test for a string that looks like a negative number.
-    static func isNegativeNumber(_ text: String) -> Bool {
-        guard text.hasPrefix("-") else { return false }
-        let isDigit: (Character) -> Bool = { $0.isASCII && $0.isNumber }
-        let rest = text.dropFirst()
-        if !rest.isEmpty, rest.allSatisfy(isDigit) { return true }
-        let parts = rest.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 2 && parts[0].allSatisfy(isDigit) && !parts[1].isEmpty && parts[1].allSatisfy(isDigit)
-    }
-
-    /// Whether argparse would read `text` as an option rather than a value
-    /// (`ArgumentParser._parse_optional`): a known option, with or without
-    /// `=value`, or a prefix of a long one; otherwise a dash-led string is a
-    /// value when it is a negative number or contains a space.
-    func looksLikeOption(_ text: String) -> Bool {
-        guard text.hasPrefix("-"), text != "-" else { return false }
-        let name = text.split(separator: "=", maxSplits: 1).first.map(String.init) ?? text
-        if options.contains(where: { $0.names.contains(name) }) { return true }
-        if name.hasPrefix("--"), options.contains(where: { $0.names.contains { $0.hasPrefix(name) } }) { return true }
-        if Self.isNegativeNumber(text) { return false }
-        if text.contains(" ") { return false }
-        return true
-    }
-
-    /// Resolves an option string (exact, or a unique prefix of a long option).
-    func resolve(_ name: String) throws(UsageError) -> Option? {
-        if let exact = options.first(where: { $0.names.contains(name) }) { return exact }
-        guard name.hasPrefix("--") else { return nil }
-        let matches = options.filter { $0.names.contains { $0.hasPrefix("--") && $0.hasPrefix(name) } }
-        if matches.count > 1 {
-            let names = matches.map { $0.names.last! }.joined(separator: ", ")
-            throw UsageError("ambiguous option: \(name) could match \(names)")
-        }
-        return matches.first
-    }
-
-    /// Parses `arguments` into option values keyed by each option's long name.
-    mutating func parse(_ arguments: [String]) throws(UsageError) -> [String: String] {
-        var values = [String: String]()
-        var unrecognized = [String]()
-        var index = 0
-        var onlyPositionals = false
-        while index < arguments.count {
-            let argument = arguments[index]
-            index += 1
-            if argument == "--", !onlyPositionals {
-                onlyPositionals = true
-                continue
-            }
-            guard !onlyPositionals, looksLikeOption(argument) else {
-                unrecognized.append(argument)
-                continue
-            }
-            var name = argument, inlineValue: String?
-            if let equals = argument.firstIndex(of: "=") {
-                name = String(argument[..<equals])
-                inlineValue = String(argument[argument.index(after: equals)...])
-            }
-            guard let option = try resolve(name) else {
-                unrecognized.append(argument)
-                continue
-            }
-            let display = option.names.joined(separator: "/")
-            let key = option.names.last!
-            if option.takesValue {
-                let value: String
-                if let inlineValue {
-                    value = inlineValue
-                } else {
-                    guard index < arguments.count, !looksLikeOption(arguments[index]) else {
-                        throw UsageError("argument \(display): expected one argument")
-                    }
-                    value = arguments[index]
-                    index += 1
-                }
-                if let problem = option.check?(value) { throw UsageError("argument \(display): \(problem)") }
-                values[key] = value
-            } else {
-                if let inlineValue { throw UsageError("argument \(display): ignored explicit argument '\(inlineValue)'") }
-                // argparse acts on --help and --version as soon as it reads them.
-                if key == "--help" || key == "--version" { return [key: ""] }
-                values[key] = ""
-            }
-            if key == "--vars-size" || key == "--vars-file" {
-                let other = key == "--vars-size" ? "--vars-file" : "--vars-size"
-                if values[other] != nil { throw UsageError("argument \(key): not allowed with argument \(other)") }
-            }
-        }
+    /// Parses `arguments` into option values keyed by each option's long name,
+    /// then makes sev-snp-measure's own checks: the required options, then
+    /// the arguments nothing took.
+    func parse(_ arguments: [String]) throws(UsageError) -> [String: String] {
+        let parser = ArgumentParser(options: options, dialect: .argparse, exclusive: [("--vars-size", "--vars-file")])
+        let parsed = try parser.parse(arguments)
+        var values = parsed.values.compactMapValues(\.last)
+        if values["--help"] != nil || values["--version"] != nil { return values }
         var missing = [String]()
         if values["--mode"] == nil { missing.append("--mode") }
         let mode = values["--mode"]
@@ -465,7 +373,10 @@ struct MeasureArguments {
             if mode != nil || (values["--tdvf"] == nil && values["--dtb"] == nil) { missing.append("--ovmf") }
         }
         if !missing.isEmpty { throw UsageError("the following arguments are required: \(missing.joined(separator: ", "))") }
-        if !unrecognized.isEmpty { throw UsageError("unrecognized arguments: \(unrecognized.joined(separator: " "))") }
+        if !parsed.unrecognized.isEmpty {
+            throw UsageError("unrecognized arguments: \(parsed.unrecognized.joined(separator: " "))")
+        }
+        values.removeValue(forKey: "")
         return values
     }
 }

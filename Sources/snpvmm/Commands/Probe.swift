@@ -30,14 +30,12 @@ enum ProbeCommand {
     ]
 
     static func run(_ arguments: [String]) -> ExitCode {
-        var boot = true, json = false
-        for argument in arguments {
-            switch argument {
-            case "--no-boot": boot = false
-            case "--json": json = true
-            default: fail("probe: unknown option '\(argument)'", status: .usage)
-            }
-        }
+        let parser = ArgumentParser(options: [OptionSpec(names: ["--no-boot"], takesValue: false),
+                                              OptionSpec(names: ["--json"], takesValue: false)],
+                                    dialect: .snpvmm(command: "probe"))
+        let given: ParsedArguments
+        do { given = try parser.parse(arguments) } catch { fail("probe: \(error)", status: .usage) }
+        let boot = !given.has("--no-boot"), json = given.has("--json")
         let kernel: any KernelInterface
         do {
             kernel = try FeatureHidingKernel.hostKernel()

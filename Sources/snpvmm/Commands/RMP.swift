@@ -28,37 +28,24 @@ enum RMPCommand {
             fail("rmp: name a subcommand: status", status: .usage)
         }
         var setup = RMPOPTEmulation.Setup()
-        var json = false, emulate = false, teardown = false
-        var emulationOptions: [String] = []
-        var index = 1
-        do throws(EmulationUsageError) {
-            while index < arguments.count {
-                let name = arguments[index]
-                if try RMPOPTEmulation.parseSharedOption(arguments, &index, into: &setup) {
-                    emulationOptions.append(name)
-                    index += 1
-                    continue
+        let parser = ArgumentParser(options: RMPOPTEmulation.sharedOptions + [
+            OptionSpec(names: ["--json"], takesValue: false), OptionSpec(names: ["--emulate"], takesValue: false),
+            OptionSpec(names: ["--teardown"], takesValue: false), OptionSpec(names: ["--policy"], takesValue: true),
+        ], dialect: .snpvmm(command: "rmp status"))
+        let json: Bool, emulate: Bool, teardown: Bool
+        do throws(UsageError) {
+            let given = try parser.parse(Array(arguments.dropFirst()))
+            (json, emulate, teardown) = (given.has("--json"), given.has("--emulate"), given.has("--teardown"))
+            try RMPOPTEmulation.readSharedOptions(given, into: &setup)
+            if let text = given["--policy"] {
+                guard let policy = GuestMemoryBacking(rawValue: text) else {
+                    throw UsageError("--policy '\(text)' must be 4k, 2m or 1g")
                 }
-                switch name {
-                case "--json": json = true
-                case "--emulate": emulate = true
-                case "--teardown":
-                    teardown = true
-                    emulationOptions.append(name)
-                case "--policy":
-                    index += 1
-                    guard index < arguments.count else { throw EmulationUsageError("--policy needs a value") }
-                    guard let policy = GuestMemoryBacking(rawValue: arguments[index]) else {
-                        throw EmulationUsageError("--policy '\(arguments[index])' must be 4k, 2m or 1g")
-                    }
-                    setup.backing = policy
-                    emulationOptions.append(name)
-                default: throw EmulationUsageError("unknown option '\(name)'")
-                }
-                index += 1
+                setup.backing = policy
             }
+            let emulationOptions = given.order.filter { $0 != "--json" && $0 != "--emulate" }
             if !emulate, let first = emulationOptions.first {
-                throw EmulationUsageError("\(first) describes emulated guests; give --emulate")
+                throw UsageError("\(first) describes emulated guests; give --emulate")
             }
             if emulate { try RMPOPTEmulation.checkFits(setup, backing: setup.backing) }
         } catch {

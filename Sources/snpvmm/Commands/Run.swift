@@ -18,12 +18,6 @@ extension Platform {
     }
 }
 
-/// A command-line mistake: one line, exit status 2.
-struct RunUsageError: Error, Equatable, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
-
 /// `snpvmm run`: boots a kernel from memory that is filled before the
 /// first instruction runs (guest_memfd, or a memfd on hosts without it),
 /// with a serial console on standard output.
@@ -143,77 +137,57 @@ enum RunCommand {
 
     // MARK: Command line
 
-    /// Parses `--flag value` and `--flag=value` forms.
-    static func parse(_ arguments: [String]) throws(RunUsageError) -> RunOptions {
+    static let parser = ArgumentParser(options: [
+        ArgumentParser.help,
+        OptionSpec(names: ["--kernel"], takesValue: true), OptionSpec(names: ["--initrd"], takesValue: true),
+        OptionSpec(names: ["--append"], takesValue: true), OptionSpec(names: ["--memory"], takesValue: true),
+        OptionSpec(names: ["--cpus"], takesValue: true), OptionSpec(names: ["--platform"], takesValue: true),
+        OptionSpec(names: ["--emulate"], takesValue: false), OptionSpec(names: ["--ledger"], takesValue: true),
+        OptionSpec(names: ["--ram"], takesValue: true),
+    ], dialect: .snpvmm(command: "run"))
+
+    /// Reads the command line; `--flag value` and `--flag=value` both work.
+    static func parse(_ arguments: [String]) throws(UsageError) -> RunOptions {
+        let given = try parser.parse(arguments)
         var options = RunOptions()
-        var seen: Set<String> = []
-        var kernel: String?
-        var index = 0
-        while index < arguments.count {
-            var argument = arguments[index]
-            var inlineValue: String?
-            if argument.hasPrefix("--"), let equals = argument.firstIndex(of: "=") {
-                inlineValue = String(argument[argument.index(after: equals)...])
-                argument = String(argument[..<equals])
-            }
-            index += 1
-            func value() throws(RunUsageError) -> String {
-                if let inlineValue { return inlineValue }
-                guard index < arguments.count else { throw RunUsageError("\(argument) needs a value") }
-                index += 1
-                return arguments[index - 1]
-            }
-            if argument == "--help" || argument == "-h" {
-                options.help = true
-                return options
-            }
-            let flags = ["--kernel", "--initrd", "--append", "--memory", "--cpus", "--platform", "--emulate", "--ledger", "--ram"]
-            guard flags.contains(argument) else {
-                throw RunUsageError("unknown option '\(arguments[index - 1])' (see snpvmm run --help)")
-            }
-            guard seen.insert(argument).inserted else { throw RunUsageError("\(argument) is given twice") }
-            switch argument {
-            case "--kernel": kernel = try value()
-            case "--initrd": options.initrd = try value()
-            case "--append": options.append = try value()
-            case "--memory":
-                let text = try value()
-                options.memory = try parseMemorySize(text)
-            case "--cpus":
-                let text = try value()
-                guard let cpus = Int(text), (1...MPTable.maximumCPUs).contains(cpus) else {
-                    throw RunUsageError("--cpus '\(text)' is not a number from 1 to \(MPTable.maximumCPUs)")
-                }
-                options.cpus = cpus
-            case "--platform":
-                let text = try value()
-                guard let platform = Platform(rawValue: text) else {
-                    throw RunUsageError("--platform '\(text)' is not one of plain, snp, tdx, cca")
-                }
-                options.platform = platform
-            case "--emulate":
-                if inlineValue != nil { throw RunUsageError("--emulate takes no value") }
-                options.emulate = true
-            case "--ram":
-                let text = try value()
-                guard let ram = RAMChoice(rawValue: text) else {
-                    throw RunUsageError("--ram '\(text)' is not one of \(RAMChoice.allCases.map(\.rawValue).joined(separator: ", "))")
-                }
-                options.ram = ram
-            default:  // --ledger
-                options.ledger = try value()
-            }
+        if given.has("--help") {
+            options.help = true
+            return options
         }
-        guard let kernel else { throw RunUsageError("--kernel FILE is required (see snpvmm run --help)") }
+        let kernel = given["--kernel"]
+        options.initrd = given["--initrd"]
+        options.append = given["--append"] ?? ""
+        options.ledger = given["--ledger"]
+        options.emulate = given.has("--emulate")
+        if let text = given["--memory"] { options.memory = try parseMemorySize(text) }
+        if let text = given["--cpus"] {
+            guard let cpus = Int(text), (1...MPTable.maximumCPUs).contains(cpus) else {
+                throw UsageError("--cpus '\(text)' is not a number from 1 to \(MPTable.maximumCPUs)")
+            }
+            options.cpus = cpus
+        }
+        if let text = given["--platform"] {
+            guard let platform = Platform(rawValue: text) else {
+                throw UsageError("--platform '\(text)' is not one of plain, snp, tdx, cca")
+            }
+            options.platform = platform
+        }
+        if let text = given["--ram"] {
+            guard let ram = RAMChoice(rawValue: text) else {
+                throw UsageError("--ram '\(text)' is not one of \(RAMChoice.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            options.ram = ram
+        }
+        guard let kernel else { throw UsageError("--kernel FILE is required (see snpvmm run --help)") }
         options.kernel = kernel
         if options.emulate && options.platform == .plain {
-            throw RunUsageError("--emulate applies to --platform snp, tdx or cca")
+            throw UsageError("--emulate applies to --platform snp, tdx or cca")
         }
         if options.ledger != nil && options.platform == .plain {
-            throw RunUsageError("--ledger accounts for a confidential launch; give --platform snp, tdx or cca")
+            throw UsageError("--ledger accounts for a confidential launch; give --platform snp, tdx or cca")
         }
         if options.ram == .memfd && options.platform == .snp && !options.emulate {
-            throw RunUsageError("--ram memfd holds no private memory; an SEV-SNP launch needs guest_memfd (or --emulate)")
+            throw UsageError("--ram memfd holds no private memory; an SEV-SNP launch needs guest_memfd (or --emulate)")
         }
         return options
     }
@@ -222,16 +196,16 @@ enum RunCommand {
     /// number of MiB, or a whole number with the suffix K, M, G or T
     /// (either case, optionally followed by "iB" or "B"). The result must
     /// be a multiple of 4 KiB, at least 2 MiB and at most 1 TiB.
-    static func parseMemorySize(_ text: String) throws(RunUsageError) -> UInt64 {
+    static func parseMemorySize(_ text: String) throws(UsageError) -> UInt64 {
         let bytes: UInt64
         switch SizeArgument(text, bareUnitShift: 20) {
         case .bytes(let value) where value <= RunOptions.maximumMemory: bytes = value
-        case .bytes, .tooLarge: throw RunUsageError("--memory '\(text)' is more than the 1 TiB snpvmm gives a guest")
+        case .bytes, .tooLarge: throw UsageError("--memory '\(text)' is more than the 1 TiB snpvmm gives a guest")
         case .malformed:
-            throw RunUsageError("--memory '\(text)' is not a size: give a number of MiB, or a number with the suffix K, M, G or T")
+            throw UsageError("--memory '\(text)' is not a size: give a number of MiB, or a number with the suffix K, M, G or T")
         }
-        guard bytes >= Layout.minimumMemory else { throw RunUsageError("--memory '\(text)' is less than the 2 MiB a guest needs") }
-        guard bytes % pageSize == 0 else { throw RunUsageError("--memory '\(text)' is not a multiple of 4 KiB") }
+        guard bytes >= Layout.minimumMemory else { throw UsageError("--memory '\(text)' is less than the 2 MiB a guest needs") }
+        guard bytes % pageSize == 0 else { throw UsageError("--memory '\(text)' is not a multiple of 4 KiB") }
         return bytes
     }
 

@@ -41,7 +41,7 @@ import Testing
 
     static let cliCases: [CLICase] = [
         CLICase("single-dash flag", { _, k in ["-kernel", k] }, mentions: ["unknown option '-kernel'"]),
-        CLICase("bare file name without a flag", { _, k in [k] }, mentions: ["unknown option '\(Fixtures.pvhCheckPath)'"]),
+        CLICase("bare file name without a flag", { _, k in [k] }, mentions: ["unexpected argument '\(Fixtures.pvhCheckPath)'"]),
         CLICase("misspelt flag", { _, k in ["--kernel", k, "--mem", "64M"] }, mentions: ["unknown option '--mem'"]),
         CLICase("memory without a value", { _, k in ["--kernel", k, "--memory"] }, mentions: ["--memory needs a value"]),
         CLICase("empty memory size", { _, k in ["--kernel", k, "--memory="] }, mentions: ["--memory ''", "is not a size"]),
