@@ -86,14 +86,7 @@ extension PageKind {
         }
     }
 
-    /// The page type KVM_SEV_SNP_LAUNCH_UPDATE takes for each kind.
-    public var launchUpdateType: SNPLaunchUpdate.PageType {
-        switch self {
-        case .normal: .normal
-        case .zero: .zero
-        case .unmeasured: .unmeasured
-        case .secrets: .secrets
-        case .cpuid: .cpuid
-        }
-    }
+    /// The page type KVM_SEV_SNP_LAUNCH_UPDATE takes for each kind: KVM
+    /// passes the firmware's PAGE_TYPE numbers through unchanged.
+    public var launchUpdateType: SNPLaunchUpdate.PageType { SNPLaunchUpdate.PageType(rawValue: snpPageType.rawValue) }
 }

@@ -397,28 +397,20 @@ struct PlatformCase: Sendable, CustomTestStringConvertible {
 
 /// Forwards to a real backend but corrupts the source of one page before the
 /// platform copies it, standing in for a VMM bug the measurement must catch.
-final class TamperingBackend: PopulationBackend {
-    let base: any PopulationBackend
+final class TamperingBackend: ForwardingBackend {
     let corruptGPA: UInt64
 
     init(_ base: any PopulationBackend, corruptGPA: UInt64) {
-        self.base = base
         self.corruptGPA = corruptGPA
+        super.init(base)
     }
 
-    var capabilities: PlatformCapabilities { base.capabilities }
-    var callName: String { base.callName }
-    func makePrivate(_ range: GuestRange) throws(KVMError) { try base.makePrivate(range) }
-    func classify(_ error: KVMError, in call: PopulateCall) -> CallFailure { base.classify(error, in: call) }
-    func makeMeasurement() -> any LaunchMeasurer { base.makeMeasurement() }
-    func populate(_ call: PopulateCall) -> PopulateStep {
+    override func willPopulate(_ call: PopulateCall) {
         if call.source != 0, corruptGPA >= call.gpa, corruptGPA < call.gpa + call.pages * pageSize {
             let byte = UnsafeMutablePointer<UInt8>(bitPattern: UInt(call.source + corruptGPA - call.gpa))!
             byte.pointee ^= 0xFF
         }
-        return base.populate(call)
     }
-    func finish() throws(KVMError) { try base.finish() }
 }
 
 final class LockedStrings: @unchecked Sendable {

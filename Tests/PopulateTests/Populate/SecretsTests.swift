@@ -38,24 +38,14 @@ final class ObservedSourceMemory: SourceMemory, @unchecked Sendable {
 
 /// Forwards to a backend, keeping a copy of what each call's source held
 /// when the platform was asked to copy it.
-final class SourceWatchingBackend: PopulationBackend {
-    let base: any PopulationBackend
+final class SourceWatchingBackend: ForwardingBackend {
     private(set) var reads: [(address: UInt64, bytes: [UInt8])] = []
 
-    init(_ base: any PopulationBackend) { self.base = base }
-
-    var capabilities: PlatformCapabilities { base.capabilities }
-    var callName: String { base.callName }
-    func makePrivate(_ range: GuestRange) throws(KVMError) { try base.makePrivate(range) }
-    func classify(_ error: KVMError, in call: PopulateCall) -> CallFailure { base.classify(error, in: call) }
-    func makeMeasurement() -> any LaunchMeasurer { base.makeMeasurement() }
-    func populate(_ call: PopulateCall) -> PopulateStep {
+    override func willPopulate(_ call: PopulateCall) {
         if call.source != 0, let pointer = UnsafeRawPointer(bitPattern: UInt(call.source)) {
             reads.append((call.source, [UInt8](UnsafeRawBufferPointer(start: pointer, count: Int(call.pages * pageSize)))))
         }
-        return base.populate(call)
     }
-    func finish() throws(KVMError) { try base.finish() }
 }
 
 @Suite struct SecretsTests {
