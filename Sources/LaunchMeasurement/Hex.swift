@@ -13,6 +13,9 @@ public enum Hex {
         return String(decoding: text, as: UTF8.self)
     }
 
+    /// A number as `0x` and lower-case hexadecimal, as errors and tables print addresses.
+    public static func number(_ value: some BinaryInteger) -> String { "0x" + String(value, radix: 16) }
+
     /// Pairs of hex digits in either case, with whitespace allowed between
     /// pairs (as Python's `bytes.fromhex`); nil for anything else.
     public static func decode(_ text: some StringProtocol) -> [UInt8]? {

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CKVMHeaders
 import GuestMemfd
+import LaunchMeasurement
 import Populate
 import Synchronization
 
@@ -21,11 +22,11 @@ public enum MachineFailure: Error, Equatable, CustomStringConvertible {
         switch self {
         case .kvm(let error): return "\(error)"
         case .emulation(let suberror, let vcpu, let rip):
-            let at = rip.map { " at rip \(hex($0))" } ?? ""
+            let at = rip.map { " at rip \(Hex.number($0))" } ?? ""
             let what = suberror == 1 ? "could not emulate an instruction" : "reported an internal error"
             return "KVM \(what) of vCPU \(vcpu)\(at) (KVM_EXIT_INTERNAL_ERROR, suberror \(suberror))"
         case .failedEntry(let reason, let vcpu):
-            return "KVM could not enter vCPU \(vcpu) (KVM_EXIT_FAIL_ENTRY, hardware reason \(hex(reason)))"
+            return "KVM could not enter vCPU \(vcpu) (KVM_EXIT_FAIL_ENTRY, hardware reason \(Hex.number(reason)))"
         case .unexpectedExit(let exit, let vcpu):
             return "vCPU \(vcpu) stopped with an exit snpvmm does not handle: \(exit)"
         }

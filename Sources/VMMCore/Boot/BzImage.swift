@@ -1,4 +1,5 @@
 import GuestMemfd
+import LaunchMeasurement
 /// A Linux bzImage as the x86 boot protocol describes it
 /// (Documentation/arch/x86/boot.rst): the setup header at 0x1F1, and the
 /// protected-mode kernel after the real-mode setup sectors. snpvmm boots it
@@ -84,7 +85,7 @@ public struct BzImage: Equatable, Sendable {
                                        what: "setup header")
         func field<T>(_ read: (Int) throws(ImageError) -> T, _ offset: Int, _ name: String) throws(ImageError) -> T {
             do { return try read(offset) } catch {
-                throw .unsupportedBzImage("its \(header.count)-byte setup header ends before \(name) at \(hex(offset))")
+                throw .unsupportedBzImage("its \(header.count)-byte setup header ends before \(name) at \(Hex.number(offset))")
             }
         }
         let version = try field(fields.u16, Self.versionOffset, "version")

@@ -1,4 +1,5 @@
 import GuestMemfd
+import LaunchMeasurement
 /// An x86-64 ELF64 executable as a PVH loader needs it: its loadable
 /// segments by physical address, and the 32-bit entry point from its Xen
 /// PVH note.
@@ -87,13 +88,13 @@ public struct ELFKernel: Equatable, Sendable {
             switch kind {
             case Self.loadable:
                 guard filesz <= memsz else {
-                    throw .badSegment(index: index, reason: "p_filesz \(hex(filesz)) exceeds p_memsz \(hex(memsz))")
+                    throw .badSegment(index: index, reason: "p_filesz \(Hex.number(filesz)) exceeds p_memsz \(Hex.number(memsz))")
                 }
                 guard image.contains(offset: offset, count: filesz) else {
-                    throw .badSegment(index: index, reason: "its \(filesz) file bytes at offset \(hex(offset)) run past the end of the \(image.size)-byte file")
+                    throw .badSegment(index: index, reason: "its \(filesz) file bytes at offset \(Hex.number(offset)) run past the end of the \(image.size)-byte file")
                 }
                 guard !paddr.addingReportingOverflow(memsz).overflow else {
-                    throw .badSegment(index: index, reason: "p_paddr \(hex(paddr)) + p_memsz \(hex(memsz)) wraps past 2^64")
+                    throw .badSegment(index: index, reason: "p_paddr \(Hex.number(paddr)) + p_memsz \(Hex.number(memsz)) wraps past 2^64")
                 }
                 if memsz > 0 {
                     segments.append(Segment(index: index, fileOffset: offset, physicalAddress: paddr,
@@ -101,7 +102,7 @@ public struct ELFKernel: Equatable, Sendable {
                 }
             case Self.note:
                 guard image.contains(offset: offset, count: filesz) else {
-                    throw .badSegment(index: index, reason: "its note bytes at offset \(hex(offset)) run past the end of the file")
+                    throw .badSegment(index: index, reason: "its note bytes at offset \(Hex.number(offset)) run past the end of the file")
                 }
                 guard filesz <= Self.maximumNoteSegmentSize else {
                     throw .badSegment(index: index, reason: "its \(filesz)-byte PT_NOTE segment is larger than 1 MiB")
@@ -147,7 +148,7 @@ public struct ELFKernel: Equatable, Sendable {
                 case 8:
                     let value = try bytes.u64(descStart)
                     guard value <= UInt64(UInt32.max) else {
-                        throw .badPVHNote("the entry point \(hex(value)) is above 4 GiB; a 32-bit entry cannot reach it")
+                        throw .badPVHNote("the entry point \(Hex.number(value)) is above 4 GiB; a 32-bit entry cannot reach it")
                     }
                     return UInt32(value)
                 default:

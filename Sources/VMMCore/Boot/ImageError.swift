@@ -1,4 +1,5 @@
 import GuestMemfd
+import LaunchMeasurement
 import Populate
 
 /// Why a kernel or initrd cannot be booted as given. Each case reads as one
@@ -38,7 +39,7 @@ public enum ImageError: Error, Equatable, Sendable, CustomStringConvertible {
         case .empty(let role, let path):
             return "\(role) '\(path)' is empty"
         case .truncated(let what, let offset, let count, let size):
-            return "is cut short: its \(what) at offset \(hex(offset)) (\(count) bytes) runs past the end of the \(size)-byte file"
+            return "is cut short: its \(what) at offset \(Hex.number(offset)) (\(count) bytes) runs past the end of the \(size)-byte file"
         case .unknownFormat(let magic):
             let shown = magic.prefix(4).map { String($0, radix: 16).leftPadded(to: 2) }.joined(separator: " ")
             return "is neither an ELF64 kernel with a PVH entry note nor a Linux bzImage (it starts with \(shown))"
@@ -80,8 +81,6 @@ public enum ImageError: Error, Equatable, Sendable, CustomStringConvertible {
     }
 }
 
-/// `0x` and lowercase hexadecimal, the way errors and tables print addresses.
-public func hex<T: BinaryInteger>(_ value: T) -> String { "0x" + String(value, radix: 16) }
 
 extension String {
     public func leftPadded(to width: Int, with pad: Character = "0") -> String {

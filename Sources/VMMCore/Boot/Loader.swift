@@ -1,4 +1,5 @@
 import GuestMemfd
+import LaunchMeasurement
 import Populate
 
 /// What to boot: the images, the command line and the machine's size.
@@ -76,13 +77,13 @@ public enum Loader {
     public static func loadPVH(_ elf: ELFKernel, _ request: BootRequest) throws(ImageError) -> BootSetup {
         guard let entry = elf.pvhEntry else { throw .noPVHEntryNote }
         guard elf.segments.contains(where: { UInt64(entry) >= $0.physicalAddress && UInt64(entry) < $0.physicalEnd }) else {
-            throw .badPVHNote("the entry point \(hex(entry)) is not inside any loadable segment")
+            throw .badPVHNote("the entry point \(Hex.number(entry)) is not inside any loadable segment")
         }
         let ram = Layout.ramRanges(memorySize: request.memorySize)
         for segment in elf.segments {
             let inside = ram.contains { segment.physicalAddress >= $0.start && segment.physicalEnd <= $0.start + $0.size }
             guard inside else {
-                throw .doesNotFit(what: "kernel segment \(segment.index) [\(hex(segment.physicalAddress)), \(hex(segment.physicalEnd)))",
+                throw .doesNotFit(what: "kernel segment \(segment.index) [\(Hex.number(segment.physicalAddress)), \(Hex.number(segment.physicalEnd)))",
                                   size: segment.memorySize, detail: "it is outside the guest's RAM, \(describe(ram))")
             }
         }
@@ -129,7 +130,7 @@ public enum Loader {
                segment.physicalAddress < lastEnd {
                 guard segment.physicalAddress >= last.physicalEnd else {
                     throw .badSegment(index: segment.index,
-                                      reason: "it overlaps program header \(last.index) at \(hex(segment.physicalAddress))")
+                                      reason: "it overlaps program header \(last.index) at \(Hex.number(segment.physicalAddress))")
                 }
                 groups[groups.count - 1].append(segment)
             } else {
@@ -155,7 +156,7 @@ public enum Loader {
             let filled = group.map { $0.physicalAddress - start + $0.fileSize }.max() ?? 0
             guard filled <= maximumAssembledBytes else {
                 throw .badSegment(index: group.last!.index,
-                                  reason: "it shares a page with program header \(group[0].index), \(hex(filled)) bytes after its start; snpvmm assembles shared pages only up to 64 MiB")
+                                  reason: "it shares a page with program header \(group[0].index), \(Hex.number(filled)) bytes after its start; snpvmm assembles shared pages only up to 64 MiB")
             }
             var bytes = [UInt8](repeating: 0, count: Int(filled))
             for segment in group where segment.fileSize > 0 {
@@ -177,7 +178,7 @@ public enum Loader {
         let load = Layout.highMemory
         let (loadEnd, loadOverflow) = load.addingReportingOverflow(image.kernelSize)
         guard !loadOverflow, let kernelEnd = alignUp(loadEnd) else {
-            throw .unsupportedBzImage("it is too large to load at \(hex(load))")
+            throw .unsupportedBzImage("it is too large to load at \(Hex.number(load))")
         }
         guard let run = image.runAddress(loadAddress: load),
               !run.addingReportingOverflow(UInt64(image.initSize)).overflow else {
@@ -187,7 +188,7 @@ public enum Loader {
         let needed = max(initEnd, kernelEnd)
         guard needed <= lowEnd else {
             throw .doesNotFit(what: "kernel", size: nil,
-                              detail: "it loads at \(hex(load)) and needs memory up to \(hex(needed)) (init_size \(hex(image.initSize)) from \(hex(run))), but RAM below 4 GiB ends at \(hex(lowEnd))")
+                              detail: "it loads at \(Hex.number(load)) and needs memory up to \(Hex.number(needed)) (init_size \(Hex.number(image.initSize)) from \(Hex.number(run))), but RAM below 4 GiB ends at \(Hex.number(lowEnd))")
         }
         let commandLine = try commandLineRegion(request.commandLine,
                                                 limit: min(image.commandLineLimit, Int(Layout.commandLineCapacity) - 1))
@@ -198,7 +199,7 @@ public enum Loader {
         if let file = request.initrd {
             let limit = min(lowEnd, UInt64(image.initrdAddressMax) + 1)
             let range = try placeInitrd(size: file.size, above: alignUp(needed) ?? needed, below: limit,
-                                        rule: "initrd_addr_max \(hex(image.initrdAddressMax)) and the top of RAM below 4 GiB")
+                                        rule: "initrd_addr_max \(Hex.number(image.initrdAddressMax)) and the top of RAM below 4 GiB")
             initrd = (range.start.rawValue, file.size)
             initrdRegion = PlanRegion(name: "initrd", range: range,
                                       contents: try file.contents(offset: 0, length: file.size, "initrd"))
@@ -261,7 +262,7 @@ public enum Loader {
     static func placeInitrd(size: UInt64, above: UInt64, below: UInt64, rule: String) throws(ImageError) -> GuestRange {
         guard let rounded = alignUp(size), rounded <= below, (below - rounded) & ~(pageSize - 1) >= above else {
             throw .doesNotFit(what: "initrd", size: size,
-                              detail: "it must lie between the kernel's end at \(hex(above)) and \(hex(below)) (\(rule))")
+                              detail: "it must lie between the kernel's end at \(Hex.number(above)) and \(Hex.number(below)) (\(rule))")
         }
         let start = (below - rounded) & ~(pageSize - 1)
         return GuestRange(start: start, size: rounded)
@@ -273,6 +274,6 @@ public enum Loader {
     }
 
     static func describe(_ ram: [(start: UInt64, size: UInt64)]) -> String {
-        ram.map { "[\(hex($0.start)), \(hex($0.start + $0.size)))" }.joined(separator: " and ")
+        ram.map { "[\(Hex.number($0.start)), \(Hex.number($0.start + $0.size)))" }.joined(separator: " and ")
     }
 }
