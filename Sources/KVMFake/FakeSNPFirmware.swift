@@ -170,7 +170,7 @@ extension FakeKVM {
         let minor = UInt8(data.policy & 0xFF), major = UInt8((data.policy >> 8) & 0xFF)
         let abiTooNew = (major, minor) > (firmware.abiMajor, firmware.abiMinor)
         if abiTooNew || (firmware.smtActive && data.policy & CKVM_SNP_POLICY_SMT == 0) {
-            command.error = 0x07  // POLICY_FAILURE
+            command.error = SEVFirmwareStatus.policyFailure.rawValue
             throw .ioError
         }
         vm.snp?.launchStarted = true
@@ -240,7 +240,7 @@ extension FakeKVM {
         // Only the fields needed: a copy of the whole context held across the
         // loop would make every page-log append copy the log.
         guard let asid = vm.snp?.asid, vm.snp?.finished == false else {
-            firmwareError = 0x02  // INVALID_GUEST_STATE: the launch is over.
+            firmwareError = SEVFirmwareStatus.invalidGuestState.rawValue  // the launch is over
             throw .ioError
         }
         for offset in 0..<pages {
@@ -266,7 +266,7 @@ extension FakeKVM {
                     // writing the values it would accept into it; KVM reclaims
                     // the page and copies it back over the caller's source
                     // (sev_gmem_post_populate). In place there is no source.
-                    firmwareError = UInt32(CKVM_SEV_RET_INVALID_PARAM)
+                    firmwareError = SEVFirmwareStatus.invalidParam.rawValue
                     if let source { source.copyMemory(from: bytes.baseAddress!, byteCount: Int(pageSize)) }
                     rmp.reclaim(frame: frames[offset])
                     throw .ioError
@@ -297,7 +297,7 @@ extension FakeKVM {
         guard params.flags == 0 else { throw .invalidArgument }
         try requireSEVDevice(command)
         guard let snp = vm.snp, !snp.finished else {
-            command.error = 0x02  // INVALID_GUEST_STATE
+            command.error = SEVFirmwareStatus.invalidGuestState.rawValue
             throw .ioError
         }
         // Every vCPU's VMSA, in vCPU order, is made private at INITIAL_VMSA_GPA and measured.
@@ -320,11 +320,11 @@ extension FakeKVM {
             let expected = [UInt8](UnsafeRawBufferPointer(start: block, count: 48))
             let policy = block.loadUnaligned(fromByteOffset: 88, as: UInt64.self)
             if expected != vm.snp!.digest {
-                command.error = 0x0B  // BAD_MEASUREMENT
+                command.error = SEVFirmwareStatus.badMeasurement.rawValue
                 throw .ioError
             }
             if policy != snp.policy {
-                command.error = 0x07  // POLICY_FAILURE
+                command.error = SEVFirmwareStatus.policyFailure.rawValue
                 throw .ioError
             }
             vm.snp?.idBlockEnabled = true
