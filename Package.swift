@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "GuestMemfd", dependencies: ["CKVMHeaders"]),
         .target(name: "LaunchMeasurement", dependencies: ["CLibcrypto"]),
         .target(name: "Populate", dependencies: ["GuestMemfd", "LaunchMeasurement"]),
-        .target(name: "KVMFake", dependencies: ["GuestMemfd", "Populate", "CKVMHeaders", "CLibcrypto"]),
+        .target(name: "KVMFake", dependencies: ["GuestMemfd", "CKVMHeaders", "CLibcrypto"]),
         .target(name: "VMMCore", dependencies: ["CKVMHeaders", "GuestMemfd", "LaunchMeasurement", "Populate"]),
         .executableTarget(name: "snpvmm", dependencies: ["GuestMemfd", "LaunchMeasurement", "Populate", "KVMFake", "VMMCore"]),
         // Compiled with the package: a launch on each emulated platform through the public products only.

@@ -117,7 +117,7 @@ public final class VCPU: KernelObject {
     /// The raw descriptor, for embedding VMMs; closed on release unless it was adopted as borrowed.
     public let fd: CInt
     /// The shared `struct kvm_run` the kernel fills on every exit.
-    public let runArea: UnsafeMutableRawPointer
+    let runArea: UnsafeMutableRawPointer
     let runSize: Int
     public var kernel: any KernelInterface { vm.kernel }
     var objectKind: KVMObjectKind { .vcpu }

@@ -1,5 +1,4 @@
 import GuestMemfd
-import Populate
 /// What a test or an embedding VMM can ask of, and tell, a `FakeKVM`
 /// beyond the kernel seam: guest behaviour, platform measurements, the RMP,
 /// placement, and interruptions.

@@ -141,7 +141,9 @@ extension FakeKVM {
         guard vm.snp?.initialised != true else { throw .invalidArgument }
         var context = SNPGuestContext()
         context.initialised = true
-        context.vmsaFeatures = data.vmsa_features
+        // __sev_guest_init: an SNP VM's vCPUs also get SVM_SEV_FEAT_SNP_ACTIVE (bit 0),
+        // and sev_es_sync_vmsa writes the whole word into every VMSA.
+        context.vmsaFeatures = data.vmsa_features | (vm.type == .snp ? 1 : 0)
         context.ghcbVersion = data.ghcb_version == 0 ? 2 : data.ghcb_version
         // sev_asid_new: the ASID is allocated when the guest is initialised.
         context.asid = nextASID

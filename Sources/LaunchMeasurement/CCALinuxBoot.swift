@@ -90,12 +90,11 @@ public enum CCABootError: Error, Equatable, Sendable, CustomStringConvertible {
     case doesNotFit(blob: String, start: UInt64, size: UInt64, ramEnd: UInt64)
 
     public var description: String {
-        let hex = { (value: UInt64) in "0x" + String(value, radix: 16) }
         switch self {
         case .notAnImage: return "the kernel is not an arm64 Linux Image (no \"ARM\\x64\" magic at offset 0x38)"
-        case .badRAM(let base, let size): return "RAM [\(hex(base)), +\(hex(size))) is not 4 KiB aligned or wraps"
+        case .badRAM(let base, let size): return "RAM [\(Hex.number(base)), +\(Hex.number(size))) is not 4 KiB aligned or wraps"
         case .doesNotFit(let blob, let start, let size, let ramEnd):
-            return "the \(blob) (\(size) bytes at \(hex(start))) does not fit in RAM ending at \(hex(ramEnd))"
+            return "the \(blob) (\(size) bytes at \(Hex.number(start))) does not fit in RAM ending at \(Hex.number(ramEnd))"
         }
     }
 }

@@ -126,21 +126,20 @@ public enum OVMFError: Error, Equatable, Sendable, CustomStringConvertible {
     case metadataItemsOutside(count: UInt32, headerSize: UInt32, available: Int)
 
     public var description: String {
-        func hex(_ value: some BinaryInteger) -> String { "0x" + String(value, radix: 16) }
         switch self {
         case .imageTooSmall(let size):
             return "Invalid OVMF image: \(size) bytes cannot hold the footer table, which ends 32 bytes before the end"
         case .footerTableTooLarge(let tableSize, let available):
             return "Invalid OVMF footer table: its footer gives a size of \(tableSize) bytes, but only \(available) bytes precede it"
         case .entryTooShort(let guid, let offset, let length):
-            return "Invalid entry size: OVMF footer table entry \(guid) at image offset \(hex(offset)) gives length \(length), less than its 18-byte trailer"
+            return "Invalid entry size: OVMF footer table entry \(guid) at image offset \(Hex.number(offset)) gives length \(length), less than its 18-byte trailer"
         case .entryOverrunsTable(let guid, let offset, let length, let remaining):
-            return "Invalid entry size: OVMF footer table entry \(guid) at image offset \(hex(offset)) gives length \(length), but only \(remaining) bytes of the table remain"
+            return "Invalid entry size: OVMF footer table entry \(guid) at image offset \(Hex.number(offset)) gives length \(length), but only \(remaining) bytes of the table remain"
         case .metadataOutsideImage(let offsetFromEnd, let imageSize):
-            return "Invalid SEV metadata offset: \(hex(offsetFromEnd)) from the end does not leave a 16-byte header inside the \(imageSize)-byte image"
+            return "Invalid SEV metadata offset: \(Hex.number(offsetFromEnd)) from the end does not leave a 16-byte header inside the \(imageSize)-byte image"
         case .wrongMetadataSignature(let found, let offset):
             let text = Hex.encode(found, separator: " ")
-            return "Wrong SEV metadata signature: expected 'ASEV' at image offset \(hex(offset)), found \(text)"
+            return "Wrong SEV metadata signature: expected 'ASEV' at image offset \(Hex.number(offset)), found \(text)"
         case .wrongMetadataVersion(let version):
             return "Wrong SEV metadata version: \(version), expected 1"
         case .metadataItemsOutside(let count, let headerSize, let available):

@@ -136,25 +136,24 @@ public struct TDVFImage: Sendable {
     /// What is wrong with `section`, or nil. QEMU's `tdvf_parse_and_check_section_entry`
     /// checks, plus the image bounds of measured bytes and attribute sense.
     static func problem(with section: TDVFSection, imageSize: Int) -> String? {
-        let hex = { (value: UInt64) in "0x" + String(value, radix: 16) }
         if section.memoryDataSize < UInt64(section.rawDataSize) {
-            return "RawDataSize \(hex(UInt64(section.rawDataSize))) exceeds MemoryDataSize \(hex(section.memoryDataSize))"
+            return "RawDataSize \(Hex.number(UInt64(section.rawDataSize))) exceeds MemoryDataSize \(Hex.number(section.memoryDataSize))"
         }
-        if section.memoryAddress % 4096 != 0 { return "MemoryAddress \(hex(section.memoryAddress)) is not 4 KiB aligned" }
-        if section.memoryDataSize % 4096 != 0 { return "MemoryDataSize \(hex(section.memoryDataSize)) is not 4 KiB aligned" }
+        if section.memoryAddress % 4096 != 0 { return "MemoryAddress \(Hex.number(section.memoryAddress)) is not 4 KiB aligned" }
+        if section.memoryDataSize % 4096 != 0 { return "MemoryDataSize \(Hex.number(section.memoryDataSize)) is not 4 KiB aligned" }
         let (end, overflow) = section.memoryAddress.addingReportingOverflow(section.memoryDataSize)
         if overflow || end > 1 << 52 {
-            return "[\(hex(section.memoryAddress)), +\(hex(section.memoryDataSize))) reaches past the 52-bit guest-physical address space of a TD"
+            return "[\(Hex.number(section.memoryAddress)), +\(Hex.number(section.memoryDataSize))) reaches past the 52-bit guest-physical address space of a TD"
         }
         switch section.type {
         case .bfv, .cfv:
             if section.rawDataSize == 0 { return "\(section.type) section has RawDataSize 0" }
             // QEMU copies MemoryDataSize bytes from DataOffset in the image.
             if UInt64(section.dataOffset) + section.memoryDataSize > UInt64(imageSize) {
-                return "\(section.type) data [\(hex(UInt64(section.dataOffset))), \(hex(UInt64(section.dataOffset) + section.memoryDataSize))) runs past the end of the \(imageSize)-byte image"
+                return "\(section.type) data [\(Hex.number(UInt64(section.dataOffset))), \(Hex.number(UInt64(section.dataOffset) + section.memoryDataSize))) runs past the end of the \(imageSize)-byte image"
             }
         case .tdHOB, .tempMem:
-            if section.rawDataSize != 0 { return "\(section.type) section has RawDataSize \(hex(UInt64(section.rawDataSize))), expected 0" }
+            if section.rawDataSize != 0 { return "\(section.type) section has RawDataSize \(Hex.number(UInt64(section.rawDataSize))), expected 0" }
             if section.type == .tdHOB, section.isExtended {
                 return "TD_HOB section has MR.EXTEND, but its contents are written by the VMM at launch and cannot be measured offline"
             }
@@ -162,7 +161,7 @@ public struct TDVFImage: Sendable {
             return "unsupported section type \(section.type.rawValue)"
         }
         if section.isPageAug, section.isExtended {
-            return "attributes \(hex(UInt64(section.attributes))) ask for MR.EXTEND of pages that PAGE.AUG adds after build time"
+            return "attributes \(Hex.number(UInt64(section.attributes))) ask for MR.EXTEND of pages that PAGE.AUG adds after build time"
         }
         return nil
     }

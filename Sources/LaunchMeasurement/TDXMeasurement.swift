@@ -83,12 +83,11 @@ public enum TDXMeasurementError: Error, Equatable, Sendable, CustomStringConvert
     case wrongChunkLength(gpa: UInt64, length: Int)
 
     public var description: String {
-        let hex = { (value: UInt64) in "0x" + String(value, radix: 16) }
         switch self {
-        case .unalignedPage(let gpa): return "TDH.MEM.PAGE.ADD needs a 4 KiB aligned GPA, got \(hex(gpa))"
-        case .wrongPageLength(let gpa, let length): return "page at GPA \(hex(gpa)) has \(length) bytes of contents, not 4096"
-        case .unalignedExtend(let gpa): return "TDH.MR.EXTEND needs a 256-byte aligned GPA, got \(hex(gpa))"
-        case .wrongChunkLength(let gpa, let length): return "TDH.MR.EXTEND at GPA \(hex(gpa)) takes 256 bytes, got \(length)"
+        case .unalignedPage(let gpa): return "TDH.MEM.PAGE.ADD needs a 4 KiB aligned GPA, got \(Hex.number(gpa))"
+        case .wrongPageLength(let gpa, let length): return "page at GPA \(Hex.number(gpa)) has \(length) bytes of contents, not 4096"
+        case .unalignedExtend(let gpa): return "TDH.MR.EXTEND needs a 256-byte aligned GPA, got \(Hex.number(gpa))"
+        case .wrongChunkLength(let gpa, let length): return "TDH.MR.EXTEND at GPA \(Hex.number(gpa)) takes 256 bytes, got \(length)"
         }
     }
 }

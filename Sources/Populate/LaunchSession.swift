@@ -21,6 +21,14 @@ public enum LaunchPlatform: Sendable {
         }
     }
 
+    /// Whether the host gives the boot vCPU its registers
+    /// (`LaunchSession.setBootState`); a TD's vCPUs start as the TDX module
+    /// sets them, and KVM refuses KVM_SET_REGS on them.
+    public var hostSetsBootState: Bool {
+        if case .tdx = self { return false }
+        return true
+    }
+
     /// The VM type KVM_CREATE_VM takes for the platform.
     public var vmType: VMType {
         switch self {
@@ -149,6 +157,14 @@ public final class LaunchSession {
         if case .plain = platform {} else if try kvm.checkExtension(.guestMemfd) == 0 {
             missing.append("KVM has no guest_memfd (KVM_CAP_GUEST_MEMFD = 0), which holds private memory")
         }
+        if case .snp = platform {
+            // Every SEV command names the firmware device (kvm_sev_cmd.sev_fd).
+            do {
+                try kvm.kernel.close(try kvm.kernel.open(SEVSNP.device, flags: O_RDWR | O_CLOEXEC))
+            } catch {
+                missing.append("the SEV firmware device \(SEVSNP.device) cannot be opened: \(error)")
+            }
+        }
         return missing
     }
 
@@ -230,7 +246,7 @@ public final class LaunchSession {
             throw .kvm(error)
         }
         vcpus += created
-        stage = .vcpusCreated
+        stage = max(stage, .vcpusCreated)
         return created
     }
 
@@ -241,7 +257,7 @@ public final class LaunchSession {
             do { for vcpu in adopted { try TDX(vm: vm).initVCPU(vcpu) } } catch { throw .kvm(error) }
         }
         vcpus += adopted
-        stage = .vcpusCreated
+        stage = max(stage, .vcpusCreated)
     }
 
     /// Gives the boot vCPU (the first) its registers; the launch seals them
@@ -250,7 +266,7 @@ public final class LaunchSession {
     public func setBootState(regs: kvm_regs, sregs: kvm_sregs? = nil) throws(LaunchError) {
         guard let boot = vcpus.first else { throw .outOfOrder(step: "setting the boot state", needs: "a vCPU") }
         guard stage < .populated else { throw .outOfOrder(step: "setting the boot state", needs: "a launch not yet sealed") }
-        if case .tdx = platform {
+        guard platform.hostSetsBootState else {
             throw .outOfOrder(step: "setting a TD vCPU's registers", needs: "a platform that lets the host set them (not TDX)")
         }
         do {

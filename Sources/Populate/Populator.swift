@@ -404,7 +404,6 @@ public final class Populator {
 struct PopulationState {
     var report: PopulateReport
     var ledger: Ledger
-    var snp = SNPLaunchDigest()
     var madePrivate: [GuestRange] = []
     var populated: [GuestRange] = []
     let policy: PopulationPolicy

@@ -132,6 +132,7 @@ public enum GuestRun {
     ///   emulated platform, given the machine's slots, before the guest runs as a plain one.
     public static func boot(_ setup: BootSetup, options: RunOptions, ram: RAMBacking, kvm: KVM,
                             output: @escaping @Sendable ([UInt8]) -> Void,
+                            engine: PopulateOptions = PopulateOptions(),
                             log: @escaping @Sendable (String) -> Void = { _ in },
                             emulatedLaunch: ([MemorySlot]) throws(PopulateFailure) -> Void = { _ in })
         throws(BootFailure) -> RunEnd {
@@ -145,7 +146,8 @@ public enum GuestRun {
             throw .launch(error)
         }
         do {
-            try populateGuest(setup, machine: machine, options: options, log: log, emulatedLaunch: emulatedLaunch)
+            try populateGuest(setup, machine: machine, options: options, engine: engine, log: log,
+                              emulatedLaunch: emulatedLaunch)
         } catch {
             throw .populate(error)
         }
@@ -166,11 +168,11 @@ public enum GuestRun {
     /// Fills guest memory from the launch plan. This is the single point
     /// where a platform's population engine (and its ledger) replaces the
     /// plain in-place copy.
-    static func populateGuest(_ setup: BootSetup, machine: Machine, options: RunOptions,
+    static func populateGuest(_ setup: BootSetup, machine: Machine, options: RunOptions, engine: PopulateOptions,
                               log: @escaping @Sendable (String) -> Void,
                               emulatedLaunch: ([MemorySlot]) throws(PopulateFailure) -> Void) throws(PopulateFailure) {
         if machine.platform == .snp {
-            var engine = PopulateOptions()
+            var engine = engine
             engine.log = log
             let result = try SNPLaunch.perform(setup, machine: machine, options: engine)
             try LaunchReport.print(result, label: "snp", ledgerPath: options.ledger, log: log)

@@ -356,6 +356,7 @@ public final class Machine {
         case .systemEvent(let type):
             control.finish(.success(.systemEvent(type: type)))
         case .internalError(let suberror):
+            // RIP only adds to the report; a protected vCPU's cannot be read, and the report goes out without it.
             control.finish(.failure(.emulation(suberror: suberror, vcpu: vcpu.id, rip: try? vcpu.getRegs().rip)))
         case .failEntry(let reason):
             control.finish(.failure(.failedEntry(reason: reason, vcpu: vcpu.id)))
@@ -414,8 +415,17 @@ public final class Machine {
     /// After a watchdog interruption: records whether this vCPU can only be
     /// woken by another (halted with IF clear, or waiting for INIT/SIPI).
     private func checkParked(_ index: Int, _ vcpu: VCPU, _ control: RunControl) {
-        guard !control.isFinished, let state = try? vcpu.getMPState() else { return }
+        guard !control.isFinished else { return }
+        let state: MPState
+        do {
+            state = try vcpu.getMPState()
+        } catch {
+            control.finish(.failure(.kvm(error)))
+            return
+        }
         var parked = state == .uninitialized || state == .initReceived
+        // A protected vCPU's flags cannot be read (KVM_GET_REGS fails on SEV-ES and
+        // later): it counts as running, so only the guest's own exit ends the run.
         if state == .halted, let regs = try? vcpu.getRegs() { parked = regs.rflags & Self.interruptFlag == 0 }
         control.setParked(index, parked)
         if control.allParked { control.finish(.success(.haltedWithInterruptsOff)) }

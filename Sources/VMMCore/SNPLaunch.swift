@@ -26,18 +26,14 @@ public enum SNPLaunch {
         return plan
     }
 
-    /// - Parameter options: the engine's options; `log` receives a line for
-    ///   each CPUID value the firmware changed.
+    /// - Parameter options: the engine's options; with `acceptCorrectedPages`
+    ///   a CPUID table the firmware corrects is sent again with its values,
+    ///   and `log` receives a line for each value it changed.
     public static func perform(_ setup: BootSetup, machine: Machine, options: PopulateOptions = PopulateOptions())
         throws(PopulateFailure) -> PopulateResult
     {
         guard machine.snp != nil else { throw .engine("the machine was not created for SEV-SNP") }
         let plan = try plan(setup, machine: machine)
-        var options = options
-        // The CPUID table comes from the host's CPUID without the
-        // firmware's policy applied, so take the values it accepts; the
-        // log above prints each one it changed.
-        options.acceptCorrectedPages = true
         do {
             let (regs, sregs) = try Machine.registers(for: setup.cpu, from: machine.vcpus[0])
             try machine.session.setBootState(regs: regs, sregs: sregs)

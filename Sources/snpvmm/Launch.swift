@@ -41,8 +41,7 @@ enum EmulatedLaunch {
         let fake = FakeKVM(profile: profile)
         let session = try LaunchSession(kvm: try KVM.open(using: fake, experimental: .armCCA), platform: launch)
         try session.createVCPUs(cpus)
-        // A TD's vCPUs start in the state the TDX module gives them; the host cannot set it.
-        if platform != .tdx {
+        if launch.hostSetsBootState {
             let (regs, sregs) = try Machine.registers(for: setup.cpu, from: session.vcpus[0])
             try session.setBootState(regs: regs, sregs: sregs)
         }

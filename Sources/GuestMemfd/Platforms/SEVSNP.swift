@@ -50,8 +50,11 @@ public final class SEVSNP: Sendable {
     /// The `/dev/sev` descriptor passed as `kvm_sev_cmd.sev_fd`.
     public let sevFD: CInt
 
+    /// The SEV firmware device.
+    public static let device = "/dev/sev"
+
     /// Opens the SEV device for `vm`.
-    public init(vm: VM, sevDevice: String = "/dev/sev") throws(KVMError) {
+    public init(vm: VM, sevDevice: String = SEVSNP.device) throws(KVMError) {
         self.vm = vm
         do {
             sevFD = try vm.kernel.open(sevDevice, flags: O_RDWR | O_CLOEXEC)

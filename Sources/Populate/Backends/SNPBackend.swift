@@ -8,8 +8,11 @@ public final class SNPBackend: PopulationBackend {
     /// The vCPUs whose VMSAs KVM measures at finish, in id order.
     public let vcpus: [VCPU]
     public let finishParameters: SNPLaunchFinish
-    /// The VMSA features given to KVM_SEV_INIT2; they enter every VMSA.
+    /// The VMSA features given to KVM_SEV_INIT2; they enter every VMSA, with
+    /// `snpActive`, which KVM adds for an SNP VM (`__sev_guest_init`).
     public let vmsaFeatures: UInt64
+    /// `SVM_SEV_FEAT_SNP_ACTIVE`, in the `sev_features` of every SNP vCPU.
+    public static let snpActive: UInt64 = 1 << 0
     public let capabilities: PlatformCapabilities
     public var callName: String { "SNP_LAUNCH_UPDATE" }
 
@@ -64,10 +67,10 @@ public final class SNPBackend: PopulationBackend {
     }
 
     public func makeMeasurement() -> any LaunchMeasurer {
-        SNPMeasurement { [vcpus, vmsaFeatures] () throws(KVMError) in
+        SNPMeasurement { [vcpus, features = vmsaFeatures | Self.snpActive] () throws(KVMError) in
             var pages: [[UInt8]] = []
             for vcpu in vcpus {
-                pages.append(SNPVMSA(regs: try vcpu.getRegs(), sregs: try vcpu.getSregs(), sevFeatures: vmsaFeatures).page)
+                pages.append(SNPVMSA(regs: try vcpu.getRegs(), sregs: try vcpu.getSregs(), sevFeatures: features).page)
             }
             return pages
         }

@@ -115,8 +115,13 @@ enum RunCommand {
         }
         let end: RunEnd
         do {
+            // The CPUID table comes from the host's CPUID without the firmware's
+            // policy applied, so a real SNP launch takes the values the firmware
+            // accepts; each one it changes is printed.
+            var engine = PopulateOptions()
+            engine.acceptCorrectedPages = true
             end = try GuestRun.boot(setup, options: options, ram: ram, kvm: kvm, output: StandardOutput.write,
-                                    log: StandardError.log) { (slots) throws(PopulateFailure) in
+                                    engine: engine, log: StandardError.log) { (slots) throws(PopulateFailure) in
                 try EmulatedLaunch.perform(setup, platform: options.platform, memorySize: options.memory, cpus: options.cpus,
                                            slots: slots, ledgerPath: options.ledger)
             }

@@ -92,16 +92,28 @@ import Testing
         #expect(throws: bad.error) { try BzImage(ImageSource(bytes: bad.bytes)) }
     }
 
-    @Test func everyPrefixOfAnImageParsesOrFailsWithoutTrapping() {
+    @Test func everyPrefixOfAnImageIsRefusedInOneLineAndAnyJumpByteParsesOrIsRefused() {
         let bytes = BzImageBuilder().build()
+        // Up to 0x300 bytes no prefix holds both the setup header and the protected-mode kernel.
         for length in 0...0x300 {
-            _ = try? BzImage(ImageSource(bytes: Array(bytes.prefix(length))))
+            do {
+                _ = try BzImage(ImageSource(bytes: Array(bytes.prefix(length))))
+                Issue.record("a \(length)-byte prefix was accepted")
+            } catch {
+                #expect(!error.description.isEmpty && !error.description.contains("\n"))
+            }
         }
-        var jump = bytes
+        var jump = bytes, parsed = 0
         for value in UInt8.min...UInt8.max {
             jump[0x201] = value
-            _ = try? BzImage(ImageSource(bytes: jump))
+            do {
+                _ = try BzImage(ImageSource(bytes: jump))
+                parsed += 1
+            } catch {
+                #expect(!error.description.isEmpty && !error.description.contains("\n"))
+            }
         }
+        #expect(parsed > 0)
     }
 
     /// Debian's kernel, when scripts/setup has fetched it.

@@ -12,6 +12,12 @@ import Testing
 /// profile, whose vCPUs run scripted guests.
 @Suite struct SNPMachineTests {
     static let memory: UInt64 = 16 << 20
+    /// snpvmm run's choice: the host's CPUID, as the firmware corrects it.
+    static var acceptingCorrections: PopulateOptions {
+        var options = PopulateOptions()
+        options.acceptCorrectedPages = true
+        return options
+    }
     let fake = FakeKVM(profile: .snpHost)
     let kernel: FaultInjectingKernel
     let kvm: KVM
@@ -43,14 +49,14 @@ import Testing
         let machine = try machine(cpus: 2)
         // The VMSAs the launch must measure: vCPU 0 in the boot state, vCPU 1 as created.
         try Machine.apply(setup.cpu, to: machine.vcpus[0])
-        let vmsas = try machine.vcpus.map { SNPVMSA(regs: try $0.getRegs(), sregs: try $0.getSregs(), sevFeatures: 0).page }
+        let vmsas = try machine.vcpus.map { SNPVMSA(regs: try $0.getRegs(), sregs: try $0.getSregs(), sevFeatures: snpActive).page }
         let plan = try SNPLaunch.plan(setup, machine: machine)
         let expected = try plan.expectedSNPLaunchDigest(vmsas: vmsas).bytes
         // The CPUID, secrets and CC blob pages are measured with their page types.
         #expect(plan.regions.filter { $0.kind == .cpuid }.map(\.range.start.rawValue) == [Layout.snpCPUIDPage])
         #expect(plan.regions.filter { $0.kind == .secrets }.map(\.range.start.rawValue) == [Layout.snpSecretsPage])
 
-        var options = PopulateOptions()
+        var options = Self.acceptingCorrections
         options.observer = fake.observer(of: machine.vm)
         let result = try SNPLaunch.perform(setup, machine: machine, options: options)
         #expect(result.expectedMeasurement == expected)
@@ -62,9 +68,23 @@ import Testing
         #expect(kvmError { _ = try machine.vcpus[0].getRegs() }?.errno == .invalidArgument)
     }
 
+    @Test func byDefaultAMachinesCPUIDTableTheFirmwareCorrectsFailsTheLaunch() throws {
+        let machine = try machine()
+        let setup = try setup()
+        do {
+            _ = try SNPLaunch.perform(setup, machine: machine)
+            Issue.record("the library default refuses the firmware's corrections, as QEMU does")
+        } catch {
+            guard case .populate(let populateError) = error, case .firmwareCorrected = populateError.reason else {
+                Issue.record("expected a firmware correction, got \(error)")
+                return
+            }
+        }
+    }
+
     @Test func anInterruptTheSerialPortCannotRaiseEndsTheRunWithTheKVMError() throws {
         let machine = try machine()
-        _ = try SNPLaunch.perform(try setup(), machine: machine)
+        _ = try SNPLaunch.perform(try setup(), machine: machine, options: Self.acceptingCorrections)
         fake.program(machine.vcpus[0], [
             .portOut(port: 0x3F9, bytes: [0x02]),  // IER: interrupt when the transmitter is empty
             .portOut(port: 0x3F8, bytes: [0x41]),
@@ -80,7 +100,7 @@ import Testing
 
     @Test func theRunLoopConvertsMemoryAtTheGuestsRequestAndEndsAtDebugExit() throws {
         let machine = try machine()
-        _ = try SNPLaunch.perform(try setup(), machine: machine)
+        _ = try SNPLaunch.perform(try setup(), machine: machine, options: Self.acceptingCorrections)
         let sharedByHypercall: UInt64 = 0x80_0000, sharedByFault: UInt64 = 0x90_0000, privatePage: UInt64 = 0xA0_0000
         fake.program(machine.vcpus[0], [
             .portOut(port: 0x3F8, bytes: Array("OK".utf8.prefix(1))),

@@ -47,8 +47,9 @@ import Testing
         return (regs, sregs)
     }
 
-    @Test func theFakeFirmwareMeasuresAVCPUsVMSAAsTheEngineExpects() throws {
-        let guest = try FakeSNPGuest(size: 0x2000)
+    @Test(arguments: [UInt64(0), 1 << 5])
+    func theFakeFirmwareMeasuresAVCPUsVMSAAsTheEngineExpects(features: UInt64) throws {
+        let guest = try FakeSNPGuest(size: 0x2000, vmsaFeatures: features)
         let (regs, sregs) = Self.distinctRegisters()
         try guest.vcpu.setRegs(regs)
         try guest.vcpu.setSregs(sregs)
@@ -58,7 +59,8 @@ import Testing
 
         var digest = SNPLaunchDigest()
         digest.addPage(gpa: 0, type: .normal, contentsDigest: SHA384.hash(pattern(1, seed: 7)))
-        let vmsa = SNPVMSA(regs: regs, sregs: sregs, sevFeatures: 0).page
+        // KVM adds SVM_SEV_FEAT_SNP_ACTIVE to what INIT2 was given (__sev_guest_init).
+        let vmsa = SNPVMSA(regs: regs, sregs: sregs, sevFeatures: features | 1).page
         digest.addPage(gpa: SNPLaunchDigest.vmsaGPA, type: .vmsa, contentsDigest: SHA384.hash(vmsa))
         #expect(guest.fake.launchMeasurement(of: guest.vm) == digest.value.bytes)
     }

@@ -14,12 +14,13 @@ struct FakeSNPGuest {
     let memfd: GuestMemfd
     let vcpu: VCPU
 
-    init(profile: HostProfile = .snpHost, size: UInt64 = 0x40000, policy: UInt64 = 0x30000, start: Bool = true) throws {
+    init(profile: HostProfile = .snpHost, size: UInt64 = 0x40000, policy: UInt64 = 0x30000, vmsaFeatures: UInt64 = 0,
+         start: Bool = true) throws {
         fake = FakeKVM(profile: profile)
         kvm = try KVM.open(using: fake, experimental: .all)
         vm = try kvm.createVM(type: .snp)
         snp = try SEVSNP(vm: vm)
-        try snp.init2()
+        try snp.init2(vmsaFeatures: vmsaFeatures)
         vcpu = try vm.createVCPU(id: 0)
         memfd = try vm.createGuestMemfd(size: size, flags: profile.inPlaceConversion ? [.mmap, .initShared] : [.mmap])
         try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, size: size, memfd: memfd))
@@ -260,7 +261,7 @@ func pattern(_ pages: Int, seed: UInt8) -> [UInt8] {
         #expect(kvmError { _ = try guest.vcpu.preFaultMemory(GuestRange(start: 0, size: 0x1000)) }?.errno == .notSupported)
 
         let vmsas = try [guest.vcpu, second].map { vcpu in
-            SNPVMSA(regs: try vcpu.getRegs(), sregs: try vcpu.getSregs(), sevFeatures: 0).page
+            SNPVMSA(regs: try vcpu.getRegs(), sregs: try vcpu.getSregs(), sevFeatures: snpActive).page
         }
         try guest.snp.launchFinish()
         // The registers now live in the encrypted VMSAs.
@@ -281,7 +282,7 @@ func pattern(_ pages: Int, seed: UInt8) -> [UInt8] {
         let guest = try FakeSNPGuest()
         try guest.makePrivate(0, 0x1000)
         try guest.populate(pattern(1, seed: 4), at: 0)
-        let vmsa = SNPVMSA(regs: try guest.vcpu.getRegs(), sregs: try guest.vcpu.getSregs(), sevFeatures: 0).page
+        let vmsa = SNPVMSA(regs: try guest.vcpu.getRegs(), sregs: try guest.vcpu.getSregs(), sevFeatures: snpActive).page
         let digest = expectedSNPDigest([(0, 1, pattern(1, seed: 4)), (0xFFFF_FFFF_F000, 2, vmsa)])
         func idBlock(_ digest: [UInt8]) -> [UInt8] {
             var block = digest + [UInt8](repeating: 0, count: 48)
@@ -377,3 +378,6 @@ func pattern(_ pages: Int, seed: UInt8) -> [UInt8] {
         }
     }
 }
+
+/// SVM_SEV_FEAT_SNP_ACTIVE: KVM adds it to every SNP vCPU's sev_features (__sev_guest_init).
+let snpActive: UInt64 = 1

@@ -11,7 +11,7 @@ import Testing
         PlanRegion(name: "image", range: GuestRange(start: 0, size: 0x2000), contents: .bytes([1, 2, 3])),
     ])
 
-    @Test func aHostWithoutTheVMTypeOrGuestMemfdIsNamedBeforeAnyVMExists() throws {
+    @Test func aHostWithoutTheVMTypeGuestMemfdOrSEVDeviceIsNamedBeforeAnyVMExists() throws {
         let fake = FakeKVM(profile: .thisMachineWithoutGuestMemfd)
         do {
             _ = try LaunchSession(kvm: try KVM.open(using: fake), platform: .snp(SNPLaunchParameters()))
@@ -22,9 +22,10 @@ import Testing
                 return
             }
             #expect(platform == .snp)
-            #expect(missing.count == 2)
+            #expect(missing.count == 3)
             #expect(error.description.contains("KVM offers no KVM_X86_SNP_VM VM type"))
             #expect(error.description.contains("KVM_CAP_GUEST_MEMFD = 0"))
+            #expect(error.description.contains("the SEV firmware device /dev/sev cannot be opened"))
         }
         #expect(fake.openDescriptors == 0)
     }

@@ -122,7 +122,7 @@ struct PlatformCase: Sendable, CustomTestStringConvertible {
         let plan = samplePlan(platform.platform)
         // An SNP vCPU's registers are out of reach once LAUNCH_FINISH has encrypted them.
         let vmsa = platform.platform == .snp
-            ? SNPVMSA(regs: try rig.vcpu.getRegs(), sregs: try rig.vcpu.getSregs(), sevFeatures: 0).page : []
+            ? SNPVMSA(regs: try rig.vcpu.getRegs(), sregs: try rig.vcpu.getSregs(), sevFeatures: snpActive).page : []
         let result = try rig.populate(plan)
         #expect(result.report.policy == (platform.inPlace ? .inPlace : .separateSource))
         #expect(result.report.totalPages == plan.regions.reduce(0) { $0 + $1.range.pageCount })
