@@ -13,7 +13,7 @@ public struct RMPOPTRegion: Hashable, Sendable {
     public var assignedPages: Int { assignedByASID.values.reduce(0, +) }
 }
 
-/// RMPOPT on the fake (kvm-uapi.md §10): the tables, the kernel's passes
+/// RMPOPT on the fake (Ashish Kalra's RMPOPT series, unmerged): the tables, the kernel's passes
 /// over them, and the instruction itself.
 extension FakeKVM {
     /// CPUs with an RMPOPT table; 0 where the host has no RMPOPT.

@@ -130,7 +130,7 @@ public struct SNPFirmwareProfile: Sendable {
     public init() {}
 }
 
-/// The RMPOPT support a profile offers (kvm-uapi.md §10; Ashish Kalra's
+/// The RMPOPT support a profile offers (Ashish Kalra's
 /// RMPOPT series, unmerged). The kernel optimises all memory once SNP is
 /// initialised and, after an SNP VM is destroyed, again from a delayed work
 /// about 10 s after the last destruction (`snp_rmpopt_all_physmem`).

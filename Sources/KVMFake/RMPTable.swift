@@ -91,7 +91,7 @@ struct RMPTable {
     }
 }
 
-/// The RMPOPT tables (kvm-uapi.md §10, "AMD RMPOPT", unmerged series): per
+/// The RMPOPT tables (AMD RMPOPT, an unmerged series): per
 /// CPU, one bit per 1 GiB region from MSR_AMD64_RMPOPT_BASE, covering up to
 /// 2 TB. A set bit lets that CPU skip RMP checks on host writes to the
 /// region. Software sets bits with RMPOPT function 0, which verifies that

@@ -11,8 +11,8 @@ public struct LedgerRecord: Sendable, Equatable {
     public var pages: UInt64
     /// The page type: an SNP type name, "PAGE.ADD"/"PAGE.ADD+MR.EXTEND", "DATA", or a kind.
     public var type: String
-    /// SHA-384 of each page whose contents the platform measures, in order
-    /// (SHA-256 for a CCA realm using it; the algorithm is named in the final record).
+    /// SHA-384 of each page whose contents the platform measures, in order,
+    /// whatever hash the platform's own measurement uses.
     public var pageHashes: [[UInt8]]
     /// The running measurement after this operation, where the platform keeps
     /// one (the SNP launch digest, the CCA RIM); MRTD is one hash and has none.

@@ -5,7 +5,7 @@ import GuestMemfd
 
 /// What this host's kernel offers for RMPOPT, and why not where it offers nothing.
 ///
-/// The RMPOPT series (unmerged; kvm-uapi.md §10) shows the per-CPU tables in
+/// The RMPOPT series (unmerged) shows the per-CPU tables in
 /// the debugfs file `rmpopt/rmpopt-table`, one line per 1 GiB region,
 /// "Memory @NGB: CPU(s): ..." listing the CPUs that have it optimised. Its
 /// v1 also had a configfs knob to trigger a re-optimisation; v2 dropped it.

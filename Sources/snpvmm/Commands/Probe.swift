@@ -66,9 +66,9 @@ enum ProbeCommand {
             fail("probe: no RAM backing for a plain guest")
         }
         let ram = plan.ram
-        var output: Result<String, KVMError>?
+        var output: Result<String, LaunchError>?
         if boot {
-            output = Result { () throws(KVMError) in try bootGuest(kvm, ram: ram) }
+            output = Result { () throws(LaunchError) in try bootGuest(kvm, ram: ram) }
         }
         if json {
             print(jsonText(capabilities, missing: missing, ram: ram, output: output))
@@ -97,7 +97,7 @@ enum ProbeCommand {
 
     /// The probe's findings as one JSON object.
     static func jsonText(_ capabilities: HostCapabilities, missing: [KVMFeature], ram: RAMBacking,
-                         output: Result<String, KVMError>?) -> String {
+                         output: Result<String, LaunchError>?) -> String {
         var fields = [
             "\"tier\": \"\(capabilities.tier.name)\"",
             "\"tier_summary\": \(jsonString(capabilities.tier.summary))",
@@ -127,13 +127,22 @@ enum ProbeCommand {
     }
 
     /// Boots the guest from `ram` and returns what it wrote to the serial port.
-    static func bootGuest(_ kvm: KVM, ram: RAMBacking) throws(KVMError) -> String {
-        let vm = try kvm.createVM()
-        let memory = try vm.bindSmallRAM(ram, size: 0x10000).mapping!
-        try memory.write(guestCode, at: Int(codeAddress))
-        try memory.write(Array(message(ram).utf8) + [0], at: Int(messageAddress))
+    static func bootGuest(_ kvm: KVM, ram: RAMBacking) throws(LaunchError) -> String {
+        let session = try LaunchSession(kvm: kvm, platform: .plain)
+        let slot: GuestMemoryLayout.Slot
+        do { slot = try session.vm.bindSmallRAM(ram, size: 0x10000) } catch { throw .kvm(error) }
+        try session.addMemory(slot)
+        let vcpu = try session.createVCPUs(1)[0]
+        _ = try session.populate(LaunchPlan(regions: [
+            PlanRegion(name: "code", range: GuestRange(start: codeAddress, size: pageSize), contents: .bytes(guestCode)),
+            PlanRegion(name: "message", range: GuestRange(start: messageAddress, size: pageSize),
+                       contents: .bytes(Array(message(ram).utf8) + [0])),
+        ]))
+        do { return try run(vcpu) } catch { throw .kvm(error) }
+    }
 
-        let vcpu = try vm.createVCPU(id: 0)
+    /// Runs the guest to its HLT, collecting what it writes to the serial port.
+    private static func run(_ vcpu: VCPU) throws(KVMError) -> String {
         try vcpu.enterRealMode(at: codeAddress) { $0.rsi = messageAddress }
 
         var output: [UInt8] = []
