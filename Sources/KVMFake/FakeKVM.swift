@@ -531,7 +531,11 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
     /// kvm_gmem_bind: the descriptor, its VM, the range inside the file, and
     /// that no other slot is bound to any of its pages.
     private func bind(_ vm: FakeVM, fd: CInt, offset: UInt64, size: UInt64) throws(Errno) -> FakeGuestMemfd {
-        guard let file = files[fd] else { throw .badFileDescriptor }
+        // fget finds any open file of the process (EBADF only for none); a
+        // file that is not a guest_memfd fails the f_op check with EINVAL.
+        // The fake's own descriptors are numbered apart from the process's,
+        // so a real descriptor of this process is such a file.
+        guard let file = files[fd] else { throw fcntl(fd, F_GETFD) >= 0 ? .invalidArgument : .badFileDescriptor }
         guard case .guestMemfd(let gmem) = file, gmem.vm === vm else { throw .invalidArgument }
         guard Int64(bitPattern: offset) >= 0, offset + size <= gmem.size else { throw .invalidArgument }
         let first = offset / pageSize, end = first + size / pageSize
@@ -790,6 +794,16 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
             let address = gpa + UInt64(done), gfn = address / pageSize
             let inPage = min(count - done, Int(pageSize - address % pageSize))
             guard let slot = vm.slot(containing: gfn) else {
+                // A private access with no memslot: kvm_mmu_faultin_pfn_gmem finds
+                // no slot that can be private and exits with a memory fault.
+                if isPrivate, vm.type.hasPrivateMemory {
+                    let fault = ckvm_run_memory_fault(run)
+                    run.pointee.exit_reason = UInt32(CKVM_EXIT_MEMORY_FAULT)
+                    fault.pointee.flags = CKVM_MEMORY_EXIT_FLAG_PRIVATE
+                    fault.pointee.gpa = gfn * pageSize
+                    fault.pointee.size = pageSize
+                    throw .badAddress
+                }
                 run.pointee.exit_reason = UInt32(KVM_EXIT_MMIO)
                 run.pointee.mmio.phys_addr = address
                 run.pointee.mmio.len = UInt32(min(inPage, 8))

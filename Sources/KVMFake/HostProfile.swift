@@ -70,6 +70,17 @@ public struct HostProfile: Sendable {
     /// How host frames are handed to guest_memfd pages created without HugeTLB.
     public var placement: PlacementPolicy = .scattered4K
 
+    /// A profile from scratch; most tests start from a preset
+    /// (`thisMachine`, `snpHost`, `swProtectedHost`, ...) and change what differs.
+    public init(name: String, kernel: String, vmTypes: [VMType], tdp: Bool, memoryAttributes: Bool, smm: Bool = true) {
+        self.name = name
+        self.kernel = kernel
+        self.vmTypes = vmTypes
+        self.tdp = tdp
+        self.memoryAttributes = memoryAttributes
+        self.smm = smm
+    }
+
     /// Whether `type` has private memory on this host (`kvm_arch_has_private_mem`).
     func hasPrivateMemory(_ type: VMType) -> Bool { type.hasPrivateMemory }
 
@@ -188,6 +199,13 @@ extension HostProfile {
     /// capabilities a real host reported: with or without guest_memfd.
     public static func thisMachine(matching capabilities: HostCapabilities) -> HostProfile {
         capabilities.guestMemfd ? .thisMachine : .thisMachineWithoutGuestMemfd
+    }
+
+    /// A 6.18 host with TDP and `CONFIG_KVM_SW_PROTECTED_VM`: private memory
+    /// without confidential hardware, as the kernel's guest_memfd selftests use it.
+    public static var swProtectedHost: HostProfile {
+        HostProfile(name: "sw-protected-host", kernel: "6.18, CONFIG_KVM_SW_PROTECTED_VM=y",
+                    vmTypes: [.default, .swProtected], tdp: true, memoryAttributes: true)
     }
 
     /// An AMD EPYC host with SEV-SNP firmware, KVM 6.18.

@@ -1,0 +1,48 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import GuestMemfd
+import KVMFake
+import Testing
+
+/// Cases of the kernel's KVM selftests, ported to the fake: each test is
+/// named after the selftest and case it mirrors, and expects what the
+/// kernel answers there.
+@Suite struct SelftestPortTests {
+    /// set_memory_region_test, test_add_private_memory_region: a regular
+    /// memfd, or any open descriptor that is not a guest_memfd, is refused
+    /// with EINVAL (kvm_gmem_bind's f_op check); a descriptor that is not
+    /// open at all is EBADF (fget).
+    @Test func setMemoryRegionTestRefusesANonGuestMemfdWithEINVALAndAClosedDescriptorWithEBADF() throws {
+        let vm = try KVM.open(using: FakeKVM()).createVM()
+        let regular = try SharedMemory(size: 0x10000, name: "not-guest-memfd")  // memfd_create
+        let memfd = regular.fd
+        let closed: CInt = 0x7FFF_FFF0  // past any descriptor limit: never open
+        for (fd, errno) in [(memfd, Errno.invalidArgument), (0, .invalidArgument), (closed, .badFileDescriptor)] {
+            let region = UserMemoryRegion2(slot: 0, flags: UserMemoryRegion2.guestMemfdFlag, guestPhysicalAddress: 0,
+                                           memorySize: 0x10000, guestMemfdOffset: 0, guestMemfd: UInt32(bitPattern: fd))
+            #expect(kvmError { try vm.setUserMemoryRegion2(region) }?.errno == errno, "fd \(fd)")
+        }
+    }
+
+    /// private_mem_kvm_exits_test, test_private_access_memslot_deleted: a
+    /// private access to a GPA whose memslot is gone exits with EFAULT and
+    /// KVM_EXIT_MEMORY_FAULT (flags PRIVATE, the GPA, 4096 bytes), not MMIO.
+    @Test func privateMemKVMExitsTestPrivateAccessToADeletedMemslotIsAMemoryFault() throws {
+        let fake = FakeKVM(profile: .swProtectedHost)
+        let vm = try KVM.open(using: fake).createVM(type: .swProtected)
+        let gpa: UInt64 = 0xC000_0000
+        let memfd = try vm.createGuestMemfd(size: 0x1000)
+        try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 1, guestPhysicalAddress: gpa, size: 0x1000, memfd: memfd,
+                                                      userspaceAddress: 0))
+        try vm.setMemoryAttributes(GuestRange(start: gpa, size: 0x1000), attributes: .private)
+        try vm.setUserMemoryRegion(slot: 1, guestPhysicalAddress: gpa, memorySize: 0, userspaceAddress: 0)
+        let vcpu = try vm.createVCPU(id: 0)
+        fake.program(vcpu, [.read(gpa: gpa, count: 8, isPrivate: true)])
+        guard case .memoryFault(let fault) = try vcpu.run() else {
+            Issue.record("expected KVM_EXIT_MEMORY_FAULT")
+            return
+        }
+        #expect(fault.isPrivate && fault.range == GuestRange(start: gpa, size: 0x1000))
+    }
+}
