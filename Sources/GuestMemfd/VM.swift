@@ -225,6 +225,13 @@ public final class VM: KernelObject, Sendable {
         try call(.enableCap, pointerTo: &value, detail: capability.name)
     }
 
+    /// Sets how many shadow-MMU pages the VM may use (at least 64).
+    ///
+    /// The corresponding ioctl is `KVM_SET_NR_MMU_PAGES` (VM ioctl, x86).
+    public func setNrMMUPages(_ pages: UInt) throws(KVMError) {
+        try call(.setNrMMUPages, pages, detail: "\(pages) pages")
+    }
+
     /// Sets the address of the three-page TSS region Intel VMX needs below 4 GiB.
     ///
     /// The corresponding ioctl is `KVM_SET_TSS_ADDR` (VM ioctl).

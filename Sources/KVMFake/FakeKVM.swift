@@ -65,6 +65,11 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         let target: Target
         /// The protection the caller asked for, which shared pages keep.
         var protection: CInt = PROT_READ | PROT_WRITE
+
+        var isGuestMemfd: Bool {
+            if case .guestMemfd = target { return true }
+            return false
+        }
     }
 
     /// A signal (or any errno) that arrives after a number of pages of
@@ -176,6 +181,10 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
     public func madvise(_ address: UnsafeMutableRawPointer, length: Int, advice: CInt) throws(Errno) {
         try mutex.withLock { () throws(Errno) in
             let start = UInt(bitPattern: address)
+            let inGuestMemfd = mappings.contains { start >= $0.base && start < $0.base + UInt($0.length) && $0.isGuestMemfd }
+            // MADV_COLLAPSE (25): madvise_collapse finds no huge-page order a
+            // guest_memfd VMA allows (thp_vma_allowable_order) and fails with EINVAL.
+            if advice == 25, inGuestMemfd { throw .invalidArgument }
             if advice == CKVM_MADV_POPULATE_WRITE || advice == CKVM_MADV_POPULATE_READ,
                let mapping = mappings.first(where: { start >= $0.base && start < $0.base + UInt($0.length) }),
                case .guestMemfd(let gmem, let fileOffset) = mapping.target
@@ -397,6 +406,10 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
             vm.exitHypercalls = cap.args.0
             return 0
         case .setTSSAddr?, .setIdentityMapAddr?:
+            return 0
+        case .setNrMMUPages?:
+            // kvm_vm_ioctl_set_nr_mmu_pages: fewer than KVM_MIN_ALLOC_MMU_PAGES (64) is EINVAL.
+            guard argument >= 64 else { throw .invalidArgument }
             return 0
         case .createIRQChip?:
             guard !vm.irqchip else { throw .fileExists }
@@ -743,6 +756,16 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         guard vcpu.vm.runnable else { throw .invalidArgument }
         if vcpu.vm.type == .armRealm { activateRealm(vcpu.vm) }
         let run = vcpu.run
+        // No memslot at all: fetching the first instruction finds no memory, and
+        // emulating it fails (handle_emulation_failure): an internal error
+        // (set_memory_region_test, test_zero_memory_regions). Modelled for the
+        // VM types whose registers the host sets; confidential vCPUs start in
+        // firmware-defined state the fake does not fetch from.
+        if vcpu.vm.memslots.isEmpty, vcpu.vm.type == .default || vcpu.vm.type == .swProtected {
+            run.pointee.exit_reason = UInt32(KVM_EXIT_INTERNAL_ERROR)
+            run.pointee.internal.suberror = UInt32(KVM_INTERNAL_ERROR_EMULATION)
+            return
+        }
         while vcpu.nextStep < vcpu.script.count {
             let step = vcpu.script[vcpu.nextStep]
             switch step {

@@ -34,6 +34,7 @@ static const unsigned long CKVM_GET_SUPPORTED_CPUID    = _IOWR(CKVM_KVMIO, 0x05,
 /* VM ioctls. */
 static const unsigned long CKVM_CREATE_VCPU            = _IO(CKVM_KVMIO, 0x41);
 static const unsigned long CKVM_SET_USER_MEMORY_REGION = _IOW(CKVM_KVMIO, 0x46, struct kvm_userspace_memory_region);
+static const unsigned long CKVM_SET_NR_MMU_PAGES       = _IO(CKVM_KVMIO, 0x44);
 static const unsigned long CKVM_SET_TSS_ADDR           = _IO(CKVM_KVMIO, 0x47);
 static const unsigned long CKVM_SET_IDENTITY_MAP_ADDR  = _IOW(CKVM_KVMIO, 0x48, __u64);
 static const unsigned long CKVM_SET_USER_MEMORY_REGION2 = _IOW(CKVM_KVMIO, 0x49, struct ckvm_userspace_memory_region2);

@@ -13,6 +13,7 @@ public enum Ioctl: String, CaseIterable, Sendable {
     case getSupportedCPUID = "KVM_GET_SUPPORTED_CPUID"
     // VM
     case createVCPU = "KVM_CREATE_VCPU"
+    case setNrMMUPages = "KVM_SET_NR_MMU_PAGES"
     case setUserMemoryRegion = "KVM_SET_USER_MEMORY_REGION"
     case setTSSAddr = "KVM_SET_TSS_ADDR"
     case setIdentityMapAddr = "KVM_SET_IDENTITY_MAP_ADDR"
@@ -53,6 +54,7 @@ public enum Ioctl: String, CaseIterable, Sendable {
         case .getSupportedCPUID: CKVM_GET_SUPPORTED_CPUID
         case .createVCPU: CKVM_CREATE_VCPU
         case .setUserMemoryRegion: CKVM_SET_USER_MEMORY_REGION
+        case .setNrMMUPages: CKVM_SET_NR_MMU_PAGES
         case .setTSSAddr: CKVM_SET_TSS_ADDR
         case .setIdentityMapAddr: CKVM_SET_IDENTITY_MAP_ADDR
         case .setUserMemoryRegion2: CKVM_SET_USER_MEMORY_REGION2

@@ -140,6 +140,8 @@ import Testing
     @Test func guestAccessesOutsideEveryMemslotExitAsMMIO() throws {
         let fake = FakeKVM()
         let vm = try KVM.open(using: fake, experimental: .all).createVM()
+        let code = try bindCodeMemory(vm)
+        defer { withExtendedLifetime(code) {} }
         let vcpu = try vm.createVCPU(id: 0)
         fake.program(vcpu, [.write(gpa: 0xFEE0_0000, bytes: [1, 0, 0, 0], isPrivate: false), .portOut(port: 0xF4, bytes: [3])])
         guard case .mmio(let mmio) = try vcpu.run() else {
@@ -157,6 +159,8 @@ import Testing
     @Test func exitDataIsLentToTheHandlerAndCoversExactlyTheAccess() throws {
         let fake = FakeKVM()
         let vm = try KVM.open(using: fake).createVM()
+        let code = try bindCodeMemory(vm)
+        defer { withExtendedLifetime(code) {} }
         let vcpu = try vm.createVCPU(id: 0)
         fake.program(vcpu, [.portOut(port: 0x3F8, bytes: [0x41, 0x42]), .read(gpa: 0xFEE0_0010, count: 4, isPrivate: false)])
         let out = try vcpu.run { exit, data in (exit, data.bytes) }

@@ -31,6 +31,8 @@ import Testing
     @Test func privateMemKVMExitsTestPrivateAccessToADeletedMemslotIsAMemoryFault() throws {
         let fake = FakeKVM(profile: .swProtectedHost)
         let vm = try KVM.open(using: fake).createVM(type: .swProtected)
+        let code = try bindCodeMemory(vm)
+        defer { withExtendedLifetime(code) {} }
         let gpa: UInt64 = 0xC000_0000
         let memfd = try vm.createGuestMemfd(size: 0x1000)
         try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 1, guestPhysicalAddress: gpa, size: 0x1000, memfd: memfd,
@@ -44,5 +46,29 @@ import Testing
             return
         }
         #expect(fault.isPrivate && fault.range == GuestRange(start: gpa, size: 0x1000))
+    }
+
+    /// guest_memfd_test, test_collapse: MADV_COLLAPSE on a guest_memfd
+    /// mapping is EINVAL whatever the mapping's alignment (no huge-page order
+    /// is allowed for the VMA), where a plain memfd could collapse.
+    @Test func guestMemfdTestCollapseIsRefusedWithEINVAL() throws {
+        let kernel = FakeKVM()
+        let vm = try KVM.open(using: kernel).createVM()
+        let mapping = try vm.createGuestMemfd(size: 4 << 20, flags: [.mmap, .initShared]).map()
+        #expect(throws: Errno.invalidArgument) { try kernel.madvise(mapping.base, length: 2 << 20, advice: 25) }
+    }
+
+    /// set_memory_region_test, test_zero_memory_regions: a VM without a
+    /// single memslot takes KVM_SET_NR_MMU_PAGES(64), and KVM_RUN then ends in
+    /// KVM_EXIT_INTERNAL_ERROR.
+    @Test func setMemoryRegionTestZeroMemoryRegionsEndsInAnInternalError() throws {
+        let vm = try KVM.open(using: FakeKVM()).createVM()
+        try vm.setNrMMUPages(64)
+        #expect(kvmError { try vm.setNrMMUPages(63) }?.errno == .invalidArgument)
+        let vcpu = try vm.createVCPU(id: 0)
+        guard case .internalError = try vcpu.run() else {
+            Issue.record("expected KVM_EXIT_INTERNAL_ERROR")
+            return
+        }
     }
 }

@@ -25,6 +25,7 @@ import Testing
         Row(ioctl: .getVCPUMmapSize, direction: 0, size: 0, nr: 0x04, value: 0x0000_AE04),
         Row(ioctl: .getSupportedCPUID, direction: 3, size: 8, nr: 0x05, value: 0xC008_AE05),
         Row(ioctl: .createVCPU, direction: 0, size: 0, nr: 0x41, value: 0x0000_AE41),
+        Row(ioctl: .setNrMMUPages, direction: 0, size: 0, nr: 0x44, value: 0x0000_AE44),
         Row(ioctl: .setUserMemoryRegion, direction: 1, size: 32, nr: 0x46, value: 0x4020_AE46),
         Row(ioctl: .setTSSAddr, direction: 0, size: 0, nr: 0x47, value: 0x0000_AE47),
         Row(ioctl: .setIdentityMapAddr, direction: 1, size: 8, nr: 0x48, value: 0x4008_AE48),

@@ -134,3 +134,13 @@ final class AlignedBuffer {
     var address: UInt64 { UInt64(UInt(bitPattern: pointer)) }
     var bytes: [UInt8] { [UInt8](UnsafeRawBufferPointer(start: pointer, count: count)) }
 }
+
+/// Memory for a scripted guest's code: 64 KiB of shared memory at GPA 0 in
+/// memslot 15. A vCPU of a VM without any memslot cannot fetch an
+/// instruction, and KVM_RUN ends in an internal error.
+@discardableResult
+func bindCodeMemory(_ vm: VM) throws -> SharedMemory {
+    let memory = try SharedMemory(size: 0x10000, name: "guest-code")
+    try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 15, guestPhysicalAddress: 0, sharedMemory: memory))
+    return memory
+}
