@@ -605,11 +605,11 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
     /// handler answers SIGBUS (`kvm_gmem_fault_user_mapping`), and a
     /// conversion to private first zaps the host's page-table entries
     /// (`kvm_gmem_set_attributes` in the in-place conversion series; on 6.18
-    /// a file made without INIT_SHARED is private throughout). The fake
-    /// takes the protection of such pages away (PROT_NONE), so a direct load
-    /// or store faults (SIGSEGV where the kernel raises SIGBUS) and the
+    /// a file made without INIT_SHARED is private throughout). The fake maps
+    /// such pages of the host's mapping to the far end of an empty memfd, so
+    /// a direct load or store raises SIGBUS as the kernel's does, and the
     /// kernel's own copies from them (write(2), MADV_POPULATE_*) fail with
-    /// EFAULT and move no byte.
+    /// EFAULT and move no byte; a page made shared again gets its bytes back.
     private func withholdPrivatePages(of gmem: FakeGuestMemfd, in mapping: FakeMapping) {
         guard case .guestMemfd(_, let offset) = mapping.target else { return }
         let pages = min(UInt64(mapping.length), gmem.size > offset ? gmem.size - offset : 0) / pageSize
@@ -630,8 +630,12 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         guard case .guestMemfd(let target, let mapped) = mapping.target, target === gmem else { return }
         let start = max(offset, mapped), end = min(offset + size, mapped + UInt64(mapping.length))
         guard start < end, let address = UnsafeMutableRawPointer(bitPattern: mapping.base + UInt(start - mapped)) else { return }
-        mprotect(address, Int(end - start), shared ? mapping.protection : PROT_NONE)
+        let fd = shared ? gmem.backing : Self.busFile, fileOffset = shared ? off_t(start) : 0
+        _ = Glibc.mmap(address, Int(end - start), mapping.protection, MAP_SHARED | MAP_FIXED, fd, fileOffset)
     }
+
+    /// An empty memfd: every page of a mapping of it lies past its end, where an access raises SIGBUS.
+    private static let busFile: CInt = ckvm_memfd_create("fake-guest-memfd-private", 1 /* MFD_CLOEXEC */)
 
     // MARK: vCPU ioctls (kvm_vcpu_ioctl, kvm_arch_vcpu_ioctl)
 

@@ -71,4 +71,23 @@ import Testing
             return
         }
     }
+
+    /// guest_memfd_test, test_fault_private: a host access to a private page
+    /// of a guest_memfd mapping (made with MMAP but not INIT_SHARED, so
+    /// private throughout on 6.18) raises SIGBUS (kvm_gmem_fault_user_mapping).
+    /// The access runs in a child process, which the signal ends.
+    @Test func guestMemfdTestFaultPrivateRaisesSIGBUS() throws {
+        let vm = try KVM.open(using: FakeKVM(profile: .swProtectedHost)).createVM(type: .swProtected)
+        let mapping = try vm.createGuestMemfd(size: 0x4000, flags: [.mmap]).map()
+        let page = mapping.base.assumingMemoryBound(to: UInt8.self)
+        let child = fork()
+        if child == 0 {
+            page.pointee = 1
+            _exit(0)
+        }
+        var status: CInt = 0
+        #expect(waitpid(child, &status, 0) == child)
+        // WIFSIGNALED and WTERMSIG, spelled out: the low seven bits hold the signal.
+        #expect(status & 0x7F == SIGBUS, "child status \(status)")
+    }
 }
