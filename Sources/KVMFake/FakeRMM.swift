@@ -93,10 +93,14 @@ extension FakeKVM {
     /// the measured fields (TF-RMM `measurement_realm_params_measure`): flags
     /// at 0x0, s2sz at 0x8, sve_vl 0x10, num_bps 0x18, num_wps 0x20,
     /// pmu_num_ctrs 0x28, hash algorithm at 0x30. The fake realm uses a
-    /// 40-bit IPA space and no SVE, PMU or debug resources.
+    /// 40-bit IPA space and no SVE or PMU; num_bps and num_wps hold the
+    /// host's counts minus one, as `realm_create_rd` copies them from
+    /// ID_AA64DFR0_EL1.
     private func initialRealmMeasurement(_ rmm: RMMProfile) -> [UInt8] {
         var params = [UInt8](repeating: 0, count: Int(pageSize))
         params[0x8] = 40
+        params[0x18] = UInt8(truncatingIfNeeded: rmm.breakpoints - 1)
+        params[0x20] = UInt8(truncatingIfNeeded: rmm.watchpoints - 1)
         params[0x30] = rmm.hashAlgorithm
         return padded(realmDigest(rmm).digest(params))
     }

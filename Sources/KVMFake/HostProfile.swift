@@ -173,6 +173,10 @@ public struct RMMProfile: Sendable {
     /// The realm hash algorithm: SHA-256 (0) or SHA-512 (1), per the RMM
     /// specification's RMI_HASH_SHA_256 / RMI_HASH_SHA_512.
     public var hashAlgorithm: UInt8 = 0
+    /// The breakpoints and watchpoints of the host's cores (ID_AA64DFR0_EL1
+    /// BRPs + 1 and WRPs + 1), which KVM gives every realm.
+    public var breakpoints: UInt32 = 6
+    public var watchpoints: UInt32 = 4
 
     public init() {}
 }

@@ -37,7 +37,11 @@ public struct CCARealmParameters: Equatable, Sendable {
     public var lpa2: Bool
     /// sve_vl, the RMI encoding (vector length / 128 - 1); nil leaves flags0.SVE clear.
     public var sveVL: UInt32?
-    /// num_bps and num_wps as the host requests them.
+    /// The realm's breakpoints and watchpoints, as counts (2 to 16). The
+    /// parameters hold each minus one, as ID_AA64DFR0_EL1's BRPs and WRPs do:
+    /// TF-RMM's `get_feature_register_0` fills its register that way,
+    /// `validate_realm_params` refuses 0 (reserved) and anything above it, and
+    /// KVM (`realm_create_rd`) and QEMU fill the fields from that register.
     public var breakpoints: UInt32
     public var watchpoints: UInt32
     /// pmu_num_ctrs; nil leaves flags0.PMU clear.
@@ -58,6 +62,8 @@ public struct CCARealmParameters: Equatable, Sendable {
     /// flags0 (u64 at 0: LPA2 bit 0, SVE bit 1, PMU bit 2), s2sz at 0x8,
     /// sve_vl at 0x10, num_bps at 0x18, num_wps at 0x20, pmu_num_ctrs at
     /// 0x28, algorithm (u8) at 0x30.
+    ///
+    /// Counts the RMM refuses give fields it refuses too (`problems`).
     public var measuredBytes: [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 4096)
         var flags: UInt64 = 0
@@ -67,11 +73,24 @@ public struct CCARealmParameters: Equatable, Sendable {
         bytes.storeLE(flags, at: 0x0)
         bytes.storeLE(ipaBits, at: 0x8)
         bytes.storeLE(sveVL ?? 0, at: 0x10)
-        bytes.storeLE(breakpoints, at: 0x18)
-        bytes.storeLE(watchpoints, at: 0x20)
+        bytes.storeLE(breakpoints &- 1, at: 0x18)
+        bytes.storeLE(watchpoints &- 1, at: 0x20)
         bytes.storeLE(pmuCounters ?? 0, at: 0x28)
         bytes[0x30] = hashAlgorithm.rawValue
         return bytes
+    }
+}
+
+extension CCARealmParameters {
+    /// What the RMM would refuse in these parameters (`validate_realm_params`):
+    /// breakpoint and watchpoint counts outside 2 to 16 (the architecture's
+    /// range; a host register may allow fewer), more than 31 PMU counters.
+    public var problems: [String] {
+        var found: [String] = []
+        if !(2...16).contains(breakpoints) { found.append("\(breakpoints) breakpoints (a realm has 2 to 16)") }
+        if !(2...16).contains(watchpoints) { found.append("\(watchpoints) watchpoints (a realm has 2 to 16)") }
+        if let pmuCounters, pmuCounters > 31 { found.append("\(pmuCounters) PMU counters (at most 31)") }
+        return found
     }
 }
 

@@ -16,8 +16,10 @@ public final class CCABackend: PopulationBackend {
     public var callName: String { "RMI_POPULATE" }
 
     /// The parameters KVM's realms are created with here: a 40-bit IPA space,
-    /// SHA-256, no SVE, PMU, breakpoints or watchpoints.
-    public static let defaultParameters = CCARealmParameters(ipaBits: 40, breakpoints: 0, watchpoints: 0)
+    /// SHA-256, no SVE or PMU, and the 6 breakpoints and 4 watchpoints of an
+    /// Arm Neoverse core, which KVM copies from ID_AA64DFR0_EL1 (the fake's
+    /// RMM creates its realms with the same).
+    public static let defaultParameters = CCARealmParameters(ipaBits: 40, breakpoints: 6, watchpoints: 4)
 
     public init(vm: VM, vcpus: [VCPU], parameters: CCARealmParameters = CCABackend.defaultParameters) {
         self.vm = vm

@@ -175,6 +175,7 @@ enum MeasureCommand {
                                             lpa2: values["--lpa2"] != nil, sveVL: sveVL,
                                             breakpoints: try small("--num-bps")!, watchpoints: try small("--num-wps")!,
                                             pmuCounters: try small("--pmu-num-ctrs"))
+        if let problem = parameters.problems.first { throw UsageError("the RMM refuses a realm with \(problem)") }
         let boot = CCALinuxBoot(parameters: parameters, ramBase: try number("--ram-base", default: CCALinuxBoot.defaultRAMBase)!,
                                 ramSize: memory, kernel: try FileBytes.read(values["--kernel"]!),
                                 initrd: try values["--initrd"].map { try FileBytes.read($0) },

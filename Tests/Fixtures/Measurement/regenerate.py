@@ -176,7 +176,9 @@ def cca_rim(algo, ipa_bits, bps, wps, pmu, sve_vl_field, lpa2, ram_base, ram_siz
     code, h = HASHES[algo]
     params = bytearray(4096)
     flags = (1 if lpa2 else 0) | (2 if sve_vl_field is not None else 0) | (4 if pmu is not None else 0)
-    struct.pack_into("<QIxxxxIxxxxIxxxxIxxxxIxxxxB", params, 0, flags, ipa_bits, sve_vl_field or 0, bps, wps, pmu or 0, code)
+    # num_bps and num_wps hold the counts minus one (TF-RMM get_feature_register_0, validate_realm_params).
+    struct.pack_into("<QIxxxxIxxxxIxxxxIxxxxIxxxxB", params, 0, flags, ipa_bits, sve_vl_field or 0, bps - 1, wps - 1,
+                     pmu or 0, code)
     rim = h(params).digest()
 
     def extend_data(rim, ipa, content):

@@ -183,6 +183,8 @@ func expectedRIM(_ granules: [(ipa: UInt64, contents: [UInt8], measured: Bool)])
     func pad(_ digest: [UInt8]) -> [UInt8] { digest + [UInt8](repeating: 0, count: 64 - digest.count) }
     var params = [UInt8](repeating: 0, count: 4096)
     params[8] = 40
+    params[0x18] = 5  // the cca host's 6 breakpoints, minus one
+    params[0x20] = 3  // and 4 watchpoints
     var rim = pad(MessageDigest.sha256.hash(params))
     for granule in granules {
         var descriptor = [UInt8](repeating: 0, count: 0x100)
@@ -258,7 +260,7 @@ func expectedRIM(_ granules: [(ipa: UInt64, contents: [UInt8], measured: Bool)])
         regs.rax = 0x8800_0000
         try vcpu.setRegs(regs)
         _ = try vcpu.run()
-        var expected = CCARealmMeasurement(parameters: CCARealmParameters(ipaBits: 40, breakpoints: 0, watchpoints: 0))
+        var expected = CCARealmMeasurement(parameters: CCARealmParameters(ipaBits: 40, breakpoints: 6, watchpoints: 4))
         expected.dataCreate(loading: source.bytes, at: 0x8000_0000)
         expected.recCreate(pc: 0x8000_0000, gprs: [0x8800_0000, 0, 0, 0, 0, 0, 0, 0], runnable: true)
         #expect(realm.fake.launchMeasurement(of: realm.vm) == expected.rim)

@@ -57,7 +57,8 @@ extension MeasurementTests {
             #expect(algorithm.digestLength * 2 == vector.rim.count, "\(vector.hash_algorithm)")
             let parameters = CCARealmParameters(
                 hashAlgorithm: algorithm, ipaBits: p.s2sz, lpa2: p.flags0 & 1 != 0,
-                sveVL: p.flags0 & 2 != 0 ? p.sve_vl : nil, breakpoints: p.num_bps, watchpoints: p.num_wps,
+                // The vectors give the raw fields: counts minus one.
+                sveVL: p.flags0 & 2 != 0 ? p.sve_vl : nil, breakpoints: p.num_bps + 1, watchpoints: p.num_wps + 1,
                 pmuCounters: p.flags0 & 4 != 0 ? p.pmu_num_ctrs : nil)
             var measurement = CCARealmMeasurement(parameters: parameters)
             for (index, step) in vector.steps.enumerated() {

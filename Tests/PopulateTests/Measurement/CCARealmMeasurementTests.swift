@@ -14,7 +14,8 @@ extension MeasurementTests {
             let bytes = parameters.measuredBytes
             #expect(bytes.count == 4096)
             #expect(Array(bytes[0..<8]) == [0x07, 0, 0, 0, 0, 0, 0, 0])   // flags0: LPA2 | SVE | PMU
-            #expect(bytes[0x08] == 48 && bytes[0x10] == 3 && bytes[0x18] == 6 && bytes[0x20] == 4 && bytes[0x28] == 6)
+            // 6 breakpoints and 4 watchpoints go in as 5 and 3 (counts minus one, TF-RMM).
+            #expect(bytes[0x08] == 48 && bytes[0x10] == 3 && bytes[0x18] == 5 && bytes[0x20] == 3 && bytes[0x28] == 6)
             #expect(bytes[0x30] == 1)                                       // RMI_HASH_SHA_512
             #expect(bytes.enumerated().allSatisfy { [0, 0x08, 0x10, 0x18, 0x20, 0x28, 0x30].contains($0.offset) || $0.element == 0 })
             #expect(CCARealmMeasurement(parameters: parameters).rim == MessageDigest.sha512.hash(bytes))

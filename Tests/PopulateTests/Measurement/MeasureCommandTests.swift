@@ -62,6 +62,21 @@ extension MeasurementTests {
             #expect(result.stdout.isEmpty)
         }
 
+        /// TF-RMM's validate_realm_params: 0 (a count of 1) is reserved, the
+        /// architecture has at most 16 breakpoints and watchpoints, and 31 PMU counters.
+        @Test(arguments: [
+            (["--num-bps", "1", "--num-wps", "4"], "1 breakpoints (a realm has 2 to 16)"),
+            (["--num-bps", "6", "--num-wps", "17"], "17 watchpoints (a realm has 2 to 16)"),
+            (["--num-bps", "6", "--num-wps", "4", "--pmu-num-ctrs", "32"], "32 PMU counters (at most 31)"),
+        ])
+        func realmParametersTheRMMRefusesAreUsageErrors(counts: [String], problem: String) throws {
+            let inputs = V.directory + "/inputs/"
+            let result = try SNPVMMExecutable.run(["measure", "--mode", "cca", "--kernel", inputs + "Image", "--dtb", inputs + "virt.dtb",
+                                                   "--memory", "512M"] + counts)
+            #expect(result.status == 2)
+            #expect(result.stderr == "snpvmm measure: error: the RMM refuses a realm with \(problem)\n")
+        }
+
         @Test func abbreviatedOptionsAndEqualsFormAreAccepted() throws {
             let result = try SNPVMMExecutable.run(["measure", "--mode=snp", "--vcpus=1", "--vcpu-t", "EPYC", "--ovmf", V.directory + "/" + V.bookworm])
             #expect(result.status == 0)
