@@ -27,6 +27,9 @@ enum MeasureCommand {
                               [--guest-features VALUE] [--snp-ovmf-hash HEX] [--dump-vmsa]
                               [--output-format hex|base64] [-v]
                snpvmm measure --mode snp:ovmf-hash --ovmf FILE
+               snpvmm measure --mode sev --ovmf FILE [--kernel FILE [--initrd FILE] [--append STR]]
+               snpvmm measure --mode seves --ovmf FILE --vcpus N (--vcpu-type NAME | ...) [--vmm-type QEMU|ec2|gce]
+                              [--kernel FILE [--initrd FILE] [--append STR]] [--dump-vmsa]
                snpvmm measure --mode tdx --tdvf FILE [--output-format hex|base64] [-v]
                snpvmm measure --mode cca --kernel Image [--initrd FILE] --dtb FILE --memory SIZE
                               --num-bps N --num-wps N [--ram-base ADDR] [--hash-algo sha256|sha384|sha512]
@@ -83,6 +86,9 @@ enum MeasureCommand {
         let append = values["--append"].flatMap { $0.isEmpty ? nil : $0 }
         if initrd != nil, values["--kernel"] == nil { throw UsageError("--kernel required when using --initrd") }
         if append != nil, values["--kernel"] == nil { throw UsageError("--kernel required when using --append") }
+        if mode == "sev" {
+            return try measureSEV(values, vcpus: 0, signature: 0, vmmType: .qemu, kernel: kernel, initrd: initrd, append: append)
+        }
         guard let vcpusText = values["--vcpus"] else { throw UsageError("missing --vcpus N in guest mode '\(mode)'") }
         let vcpus = PythonInteger(vcpusText, autoBase: false)!.exact!
         guard vcpus <= Int64(SNPGuestMeasurement.maximumVCPUs) else {
@@ -103,6 +109,10 @@ enum MeasureCommand {
             signature = SNPVCPUSignature.signature(named: name)!
         } else if vmmType == .qemu {
             throw UsageError("missing --vcpu-type or --vcpu-sig or --vcpu-family in guest mode '\(mode)'")
+        }
+        if mode == "seves" {
+            return try measureSEV(values, vcpus: max(Int(vcpus), 0), signature: signature, vmmType: vmmType, kernel: kernel,
+                                  initrd: initrd, append: append)
         }
         let guestFeatures = values["--guest-features"].map { PythonInteger($0, autoBase: true)!.wrapped } ?? 0x1
 
@@ -129,6 +139,35 @@ enum MeasureCommand {
             }
         }
         printMeasurement(digest.bytes, label: "SEV_SNP guest measurement", values)
+        return .success
+    }
+
+    /// sev-snp-measure's `--mode sev` and `--mode seves`: SHA-256 over the
+    /// firmware image, the kernel-hashes table and, for SEV-ES, one VMSA per
+    /// vCPU (whose SEV features are 0: SNP's SNP_ACTIVE does not apply).
+    static func measureSEV(_ values: [String: String], vcpus: Int, signature: UInt64, vmmType: SNPVMMType,
+                           kernel: String?, initrd: String?, append: String?) throws -> ExitCode {
+        let mode = values["--mode"]!
+        if values["--dump-vmsa"] != nil, mode == "sev" { throw UsageError("--dump-vmsa is not availibe in the selected mode") }
+        let image = try OVMFImage(path: values["--ovmf"]!)
+        var hashes: SEVKernelHashes?
+        if let kernel {
+            guard let gpa = image.sevHashTableGPA, gpa != 0 else {
+                throw MeasureFailure("Kernel specified but OVMF doesn't support kernel/initrd/cmdline measurement")
+            }
+            hashes = SEVKernelHashes(kernel: try FileBytes.read(kernel), initrd: try initrd.map { try FileBytes.read($0) },
+                                     cmdline: append)
+        }
+        var vmsas: [[UInt8]] = []
+        if mode == "seves" {
+            vmsas = try SNPGuestMeasurement(vcpus: vcpus, vcpuSignature: signature, vmmType: vmmType, guestFeatures: 0)
+                .vmsaPages(for: image)
+            if values["--dump-vmsa"] != nil {
+                for (index, page) in vmsas.enumerated() { try writeFile("vmsa\(index).bin", page) }
+            }
+        }
+        let digest = SEVLaunchDigest.digest(firmware: image.bytes, kernelHashes: hashes, vmsas: vmsas)
+        printMeasurement(digest, label: "\(mode == "sev" ? "SEV" : "SEV_ES") guest measurement", values)
         return .success
     }
 
@@ -305,7 +344,7 @@ extension String {
 struct MeasureArguments {
     typealias Option = OptionSpec
 
-    static let modes = ["snp", "snp:ovmf-hash", "tdx", "cca"]
+    static let modes = ["sev", "seves", "snp", "snp:ovmf-hash", "tdx", "cca"]
 
     static func choices(_ allowed: [String]) -> @Sendable (String) -> String? {
         { value in
@@ -370,7 +409,7 @@ struct MeasureArguments {
         var missing = [String]()
         if values["--mode"] == nil { missing.append("--mode") }
         let mode = values["--mode"]
-        if values["--ovmf"] == nil, mode == nil || mode == "snp" || mode == "snp:ovmf-hash" {
+        if values["--ovmf"] == nil, mode == nil || ["sev", "seves", "snp", "snp:ovmf-hash"].contains(mode!) {
             if mode != nil || (values["--tdvf"] == nil && values["--dtb"] == nil) { missing.append("--ovmf") }
         }
         if !missing.isEmpty { throw UsageError("the following arguments are required: \(missing.joined(separator: ", "))") }

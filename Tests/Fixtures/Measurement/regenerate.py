@@ -70,6 +70,17 @@ SNP_CASES = [
     ("no-sev-metadata", "no-sev-metadata.fd", ["--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC"]),
     ("no-sev-metadata-with-kernel", "no-sev-metadata.fd", ["--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC", "--kernel", K]),
     ("wrong-metadata-signature", "wrong-metadata-signature.fd", ["--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC"]),
+    # Legacy SEV (the firmware image and the hashes table) and SEV-ES (and then the VMSAs).
+    ("sev-bookworm", B, ["--mode", "sev"]),
+    ("sev-bookworm-verbose-base64", B, ["--mode", "sev", "-v", "--output-format", "base64"]),
+    ("sev-sid-kernel-initrd-append", S, ["--mode", "sev", "--kernel", K, "--initrd", I, "--append", "console=ttyS0"]),
+    ("sev-bookworm-kernel-without-hashes-table", B, ["--mode", "sev", "--kernel", K]),
+    ("seves-bookworm-epyc-1", B, ["--mode", "seves", "--vcpus", "1", "--vcpu-type", "EPYC"]),
+    ("seves-bookworm-milan-4-verbose", B, ["--mode", "seves", "--vcpus", "4", "--vcpu-type", "EPYC-Milan", "-v"]),
+    ("seves-sid-rome-2-kernel", S, ["--mode", "seves", "--vcpus", "2", "--vcpu-type", "EPYC-Rome", "--kernel", K,
+                                    "--append", "quiet"]),
+    ("seves-sid-ec2-3", S, ["--mode", "seves", "--vcpus", "3", "--vmm-type", "ec2"]),
+    ("usage-seves-missing-vcpus", B, ["--mode", "seves", "--vcpu-type", "EPYC"]),
 ]
 
 

@@ -49,7 +49,8 @@ extension MeasurementTests {
         @Test(arguments: [
             (["--mode", "snp", "--vcpus", "1", "--vcpu", "EPYC"],
              "snpvmm measure: error: ambiguous option: --vcpu could match --vcpus, --vcpu-type, --vcpu-sig, --vcpu-family, --vcpu-model, --vcpu-stepping"),
-            (["--mode", "sev"], "snpvmm measure: error: argument --mode: invalid choice: 'sev' (choose from 'snp', 'snp:ovmf-hash', 'tdx', 'cca')"),
+            (["--mode", "snp:svsm"],
+             "snpvmm measure: error: argument --mode: invalid choice: 'snp:svsm' (choose from 'sev', 'seves', 'snp', 'snp:ovmf-hash', 'tdx', 'cca')"),
             (["--vcpus", "x"], "snpvmm measure: error: argument --vcpus: invalid int value: 'x'"),
             (["--mode", "snp", "-v=1"], "snpvmm measure: error: argument -v/--verbose: ignored explicit argument '1'"),
             (["--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC", "--ovmf", "x", "stray"], "snpvmm measure: error: unrecognized arguments: stray"),
