@@ -126,13 +126,14 @@ extension FakeKVM {
         return 0
     }
 
-    private var snpGuestTypes: [VMType] { [.sev, .sevES, .snp] }
+    /// The VM types KVM_SEV_INIT2 takes here: SNP only, as no profile offers SEV or SEV-ES.
+    private var snpGuestTypes: [VMType] { [.snp] }
 
     /// KVM_SEV_INIT2 (sev_guest_init2, __sev_guest_init).
     private func sevInit2(_ vm: FakeVM, _ command: inout ckvm_sev_cmd) throws(Errno) {
         guard snpGuestTypes.contains(vm.type), let firmware = profile.snp else { throw .invalidArgument }
         let data: ckvm_sev_init = try load(UInt(command.data))
-        let encryptedState = vm.type != .sev
+        let encryptedState = true
         guard vm.vcpus.isEmpty, data.flags == 0 else { throw .invalidArgument }
         let supported = encryptedState ? firmware.vmsaFeatures : 0
         guard data.vmsa_features & ~supported == 0 else { throw .invalidArgument }

@@ -212,9 +212,13 @@ extension HostProfile {
                     vmTypes: [.default, .swProtected], tdp: true, memoryAttributes: true)
     }
 
-    /// An AMD EPYC host with SEV-SNP firmware, KVM 6.18.
+    /// An AMD EPYC host with SEV-SNP firmware, KVM 6.18. A real such host
+    /// also offers the legacy SEV and SEV-ES VM types; the fake does not, as
+    /// it has none of their launch commands (LAUNCH_UPDATE_DATA,
+    /// LAUNCH_UPDATE_VMSA, LAUNCH_MEASURE), and a profile that offered them
+    /// would let a VMM create VMs it could never launch.
     public static var snpHost: HostProfile {
-        var profile = HostProfile(name: "snp-host", kernel: "6.18", vmTypes: [.default, .sev, .sevES, .snp],
+        var profile = HostProfile(name: "snp-host", kernel: "6.18", vmTypes: [.default, .snp],
                                   tdp: true, memoryAttributes: true)
         profile.snp = SNPFirmwareProfile()
         return profile

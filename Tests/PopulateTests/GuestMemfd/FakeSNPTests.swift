@@ -193,6 +193,14 @@ func pattern(_ pages: Int, seed: UInt8) -> [UInt8] {
         }
     }
 
+    @Test func theSNPHostOffersNoLegacySEVOrSEVESVMType() throws {
+        let kvm = try KVM.open(using: FakeKVM(profile: .snpHost))
+        #expect(try kvm.capabilities().vmTypes == [.default, .snp])
+        for type in [VMType.sev, .sevES] {
+            #expect(kvmError { _ = try kvm.createVM(type: type) }?.errno == .invalidArgument, "\(type)")
+        }
+    }
+
     @Test func init2ChecksFlagsFeaturesAndGHCBVersion() throws {
         for (features, ghcb, flags) in [(UInt64(1) << 6, UInt16(0), UInt32(0)), (0, 3, 0), (0, 1, 0), (0, 0, 1)] {
             let fake = FakeKVM(profile: .snpHost)
