@@ -12,6 +12,8 @@ import PackageDescription
 let package = Package(
     name: "snpvmm",
     products: [
+        // The uAPI structs and request codes, for an embedder's own tests.
+        .library(name: "CKVMHeaders", targets: ["CKVMHeaders"]),
         .library(name: "GuestMemfd", targets: ["GuestMemfd"]),
         .library(name: "LaunchMeasurement", targets: ["LaunchMeasurement"]),
         .library(name: "Populate", targets: ["Populate"]),

@@ -212,6 +212,20 @@ extension HostProfile {
                     vmTypes: [.default, .swProtected], tdp: true, memoryAttributes: true)
     }
 
+    /// A 7.2 host with guest_memfd in-place conversion (an unmerged series)
+    /// and the population rework, and no confidential hardware: private
+    /// memory through `KVM_X86_SW_PROTECTED_VM`, with guest_memfd keeping the
+    /// shared/private state itself.
+    public static var inPlaceHost: HostProfile {
+        var profile = swProtectedHost
+        profile.name = "in-place-host"
+        profile.kernel = "7.2 + in-place conversion series"
+        profile.bindingOverlapErrno = .fileExists
+        profile.reworkedPopulation = true
+        profile.inPlaceConversion = true
+        return profile
+    }
+
     /// An AMD EPYC host with SEV-SNP firmware, KVM 6.18. A real such host
     /// also offers the legacy SEV and SEV-ES VM types; the fake does not, as
     /// it has none of their launch commands (LAUNCH_UPDATE_DATA,
@@ -268,4 +282,9 @@ extension HostProfile {
         profile.cca = RMMProfile()
         return profile
     }
+}
+
+extension HostProfile: CustomStringConvertible {
+    /// The profile's name and the kernel whose rules it follows, for test output.
+    public var description: String { "\(name) (\(kernel))" }
 }

@@ -90,4 +90,20 @@ import Testing
         // WIFSIGNALED and WTERMSIG, spelled out: the low seven bits hold the signal.
         #expect(status & 0x7F == SIGBUS, "child status \(status)")
     }
+
+    /// private_mem_conversions_test on an in-place host: a SW_PROTECTED VM's
+    /// guest_memfd starts shared and converts page by page in the file
+    /// itself, with no VM-wide attribute involved.
+    @Test func privateMemConversionsTestConvertsInPlaceOnTheInPlaceHostPreset() throws {
+        let fake = FakeKVM(profile: .inPlaceHost)
+        let vm = try KVM.open(using: fake, experimental: .inPlaceConversion).createVM(type: .swProtected)
+        let memfd = try vm.createGuestMemfd(size: 0x4000, flags: [.mmap, .initShared])
+        let mapping = try memfd.map()
+        try mapping.write([1, 2, 3], at: 0x1000)
+        try memfd.setMemoryAttributes2(offset: 0x1000, size: 0x1000, attributes: .private)
+        #expect(kvmError { _ = try mapping.read(at: 0x1000, count: 3) }?.errno == .badAddress)
+        try memfd.setMemoryAttributes2(offset: 0x1000, size: 0x1000, attributes: [])
+        #expect(try mapping.read(at: 0x1000, count: 3) == [1, 2, 3])
+        #expect(HostProfile.inPlaceHost.description == "in-place-host (7.2 + in-place conversion series)")
+    }
 }
