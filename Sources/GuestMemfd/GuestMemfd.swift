@@ -84,10 +84,15 @@ public final class GuestMemfd: KernelObject, Sendable {
     /// - Parameter shared: `MAP_SHARED`, the only kind guest_memfd accepts;
     ///   false asks for `MAP_PRIVATE`, which the kernel refuses with EINVAL.
     /// - Throws: ENODEV for a file created without `GUEST_MEMFD_FLAG_MMAP`.
-    public func map(length: UInt64? = nil, shared: Bool = true) throws(KVMError) -> GuestMemoryMapping {
+    ///
+    /// - Parameter address: a hint for where the mapping goes, for example
+    ///   2 MiB-aligned so that huge pages can back it.
+    public func map(length: UInt64? = nil, shared: Bool = true, address: UnsafeMutableRawPointer? = nil)
+        throws(KVMError) -> GuestMemoryMapping
+    {
         let length = Int(length ?? size)
         do {
-            let base = try kernel.mmap(length: length, protection: PROT_READ | PROT_WRITE,
+            let base = try kernel.mmap(address: address, length: length, protection: PROT_READ | PROT_WRITE,
                                        flags: shared ? MAP_SHARED : MAP_PRIVATE, fd: fd, offset: 0)
             return GuestMemoryMapping(memfd: self, base: base, length: length)
         } catch {

@@ -138,8 +138,8 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         }
     }
 
-    public func mmap(length: Int, protection: CInt, flags: CInt, fd: CInt, offset: Int) throws(Errno)
-        -> UnsafeMutableRawPointer
+    public func mmap(address: UnsafeMutableRawPointer?, length: Int, protection: CInt, flags: CInt, fd: CInt,
+                     offset: Int) throws(Errno) -> UnsafeMutableRawPointer
     {
         try mutex.withLock { () throws(Errno) -> UnsafeMutableRawPointer in
             guard let file = files[fd] else { throw .badFileDescriptor }
@@ -149,7 +149,7 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
                 // kvm_gmem_mmap: only with GUEST_MEMFD_FLAG_MMAP, and only shared mappings.
                 guard gmem.flags.contains(.mmap) else { throw .noSuchDevice }
                 guard flags & MAP_SHARED != 0 else { throw .invalidArgument }
-                let base = try realMap(length, protection, flags, gmem.backing, offset)
+                let base = try realMap(address, length, protection, flags, gmem.backing, offset)
                 gmem.references += 1
                 let mapping = FakeMapping(base: UInt(bitPattern: base), length: length,
                                           target: .guestMemfd(gmem, offset: UInt64(offset)), protection: protection)
@@ -158,7 +158,7 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
                 return base
             case .vcpu(let vcpu):
                 // kvm_vcpu_mmap: the kvm_run area and the pages after it.
-                let base = try realMap(length, protection, flags, vcpu.runFD, offset)
+                let base = try realMap(address, length, protection, flags, vcpu.runFD, offset)
                 mappings.append(FakeMapping(base: UInt(bitPattern: base), length: length, target: .vcpu(vcpu)))
                 return base
             case .system, .vm, .sevDevice:
@@ -277,10 +277,10 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         vm.destroy()
     }
 
-    private func realMap(_ length: Int, _ protection: CInt, _ flags: CInt, _ fd: CInt, _ offset: Int) throws(Errno)
-        -> UnsafeMutableRawPointer
+    private func realMap(_ address: UnsafeMutableRawPointer?, _ length: Int, _ protection: CInt, _ flags: CInt, _ fd: CInt,
+                         _ offset: Int) throws(Errno) -> UnsafeMutableRawPointer
     {
-        guard let base = Glibc.mmap(nil, length, protection, flags, fd, off_t(offset)), base != MAP_FAILED else {
+        guard let base = Glibc.mmap(address, length, protection, flags, fd, off_t(offset)), base != MAP_FAILED else {
             throw Errno(rawValue: errno)
         }
         return base

@@ -170,11 +170,11 @@ public final class FaultInjectingKernel: KernelInterface, @unchecked Sendable {
         return try perform(operation, fd: fd) { () throws(Errno) in try base.ioctl(fd, request, argument) }
     }
 
-    public func mmap(length: Int, protection: CInt, flags: CInt, fd: CInt, offset: Int) throws(Errno)
-        -> UnsafeMutableRawPointer
+    public func mmap(address: UnsafeMutableRawPointer?, length: Int, protection: CInt, flags: CInt, fd: CInt,
+                     offset: Int) throws(Errno) -> UnsafeMutableRawPointer
     {
         try perform(.syscall(.mmap), fd: fd) { () throws(Errno) in
-            try base.mmap(length: length, protection: protection, flags: flags, fd: fd, offset: offset)
+            try base.mmap(address: address, length: length, protection: protection, flags: flags, fd: fd, offset: offset)
         }
     }
 

@@ -120,10 +120,10 @@ public final class FeatureHidingKernel: KernelInterface, Sendable {
         }
     }
 
-    public func mmap(length: Int, protection: CInt, flags: CInt, fd: CInt, offset: Int) throws(Errno)
-        -> UnsafeMutableRawPointer
+    public func mmap(address: UnsafeMutableRawPointer?, length: Int, protection: CInt, flags: CInt, fd: CInt,
+                     offset: Int) throws(Errno) -> UnsafeMutableRawPointer
     {
-        try base.mmap(length: length, protection: protection, flags: flags, fd: fd, offset: offset)
+        try base.mmap(address: address, length: length, protection: protection, flags: flags, fd: fd, offset: offset)
     }
 
     public func munmap(_ address: UnsafeMutableRawPointer, length: Int) throws(Errno) {

@@ -20,9 +20,10 @@ public protocol KernelInterface: Sendable {
     /// ioctl's non-negative result: a new descriptor, a capability value or 0.
     func ioctl(_ fd: CInt, _ request: UInt, _ argument: UInt) throws(Errno) -> Int
 
-    /// `mmap(2)` of `length` bytes of `fd` from `offset`, at an address the kernel picks.
-    func mmap(length: Int, protection: CInt, flags: CInt, fd: CInt, offset: Int) throws(Errno)
-        -> UnsafeMutableRawPointer
+    /// `mmap(2)` of `length` bytes of `fd` from `offset`, at `address` where
+    /// given (a hint, or with `MAP_FIXED` the place), else where the kernel picks.
+    func mmap(address: UnsafeMutableRawPointer?, length: Int, protection: CInt, flags: CInt, fd: CInt, offset: Int)
+        throws(Errno) -> UnsafeMutableRawPointer
 
     /// `munmap(2)`.
     func munmap(_ address: UnsafeMutableRawPointer, length: Int) throws(Errno)
@@ -38,6 +39,13 @@ public protocol KernelInterface: Sendable {
 }
 
 extension KernelInterface {
+    /// `mmap(2)` at an address the kernel picks.
+    public func mmap(length: Int, protection: CInt, flags: CInt, fd: CInt, offset: Int) throws(Errno)
+        -> UnsafeMutableRawPointer
+    {
+        try mmap(address: nil, length: length, protection: protection, flags: flags, fd: fd, offset: offset)
+    }
+
     /// `ioctl(2)` whose argument is a pointer to `value`, which the kernel may
     /// read and write for the duration of the call.
     @inlinable

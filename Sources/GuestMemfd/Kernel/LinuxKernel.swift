@@ -30,11 +30,11 @@ public struct LinuxKernel: KernelInterface {
         return result
     }
 
-    public func mmap(length: Int, protection: CInt, flags: CInt, fd: CInt, offset: Int) throws(Errno)
-        -> UnsafeMutableRawPointer
+    public func mmap(address hint: UnsafeMutableRawPointer?, length: Int, protection: CInt, flags: CInt, fd: CInt,
+                     offset: Int) throws(Errno) -> UnsafeMutableRawPointer
     {
         var error: CInt = 0
-        guard let address = ckvm_mmap(nil, length, protection, flags, fd, offset, &error) else {
+        guard let address = ckvm_mmap(hint, length, protection, flags, fd, offset, &error) else {
             throw Errno(rawValue: error)
         }
         return address

@@ -24,8 +24,9 @@ import Testing
             }
             return try base.ioctl(fd, request, argument)
         }
-        func mmap(length: Int, protection: CInt, flags: CInt, fd: CInt, offset: Int) throws(Errno) -> UnsafeMutableRawPointer {
-            try base.mmap(length: length, protection: protection, flags: flags, fd: fd, offset: offset)
+        func mmap(address: UnsafeMutableRawPointer?, length: Int, protection: CInt, flags: CInt, fd: CInt, offset: Int)
+            throws(Errno) -> UnsafeMutableRawPointer {
+            try base.mmap(address: address, length: length, protection: protection, flags: flags, fd: fd, offset: offset)
         }
         func munmap(_ address: UnsafeMutableRawPointer, length: Int) throws(Errno) { try base.munmap(address, length: length) }
         func madvise(_ address: UnsafeMutableRawPointer, length: Int, advice: CInt) throws(Errno) {

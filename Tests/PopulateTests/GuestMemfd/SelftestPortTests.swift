@@ -106,4 +106,17 @@ import Testing
         #expect(try mapping.read(at: 0x1000, count: 3) == [1, 2, 3])
         #expect(HostProfile.inPlaceHost.description == "in-place-host (7.2 + in-place conversion series)")
     }
+
+    /// guest_memfd_test maps huge-page cases 2 MiB-aligned: an address hint
+    /// passes through the kernel seam, and a free aligned address is taken.
+    @Test func aGuestMemfdMapsAtAFree2MiBAlignedHint() throws {
+        let vm = try KVM.open(using: FakeKVM()).createVM()
+        let memfd = try vm.createGuestMemfd(size: 2 << 20, flags: [.mmap, .initShared])
+        // Find a free 2 MiB-aligned address: reserve 4 MiB, then give it back.
+        let reserved = try #require(mmap(nil, 4 << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        let aligned = UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: reserved) + (2 << 20) - 1) & ~UInt((2 << 20) - 1))!
+        munmap(reserved, 4 << 20)
+        let mapping = try memfd.map(address: aligned)
+        #expect(mapping.base == aligned)
+    }
 }
