@@ -770,9 +770,44 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
             run.pointee.internal.suberror = UInt32(KVM_INTERNAL_ERROR_EMULATION)
             return
         }
+        // complete_emulated_mmio: an MMIO read gets the bytes the host left in mmio.data.
+        if let count = vcpu.pendingMMIORead.take() {
+            vcpu.reads.append(withUnsafeBytes(of: run.pointee.mmio.data) { Array($0.prefix(count)) })
+        }
         while vcpu.nextStep < vcpu.script.count {
             let step = vcpu.script[vcpu.nextStep]
             switch step {
+            case .shutdown:
+                vcpu.nextStep += 1
+                run.pointee.exit_reason = UInt32(KVM_EXIT_SHUTDOWN)
+                return
+            case .systemEvent(let type):
+                vcpu.nextStep += 1
+                run.pointee.exit_reason = UInt32(KVM_EXIT_SYSTEM_EVENT)
+                run.pointee.system_event.type = type
+                return
+            case .hypercall(let nr, let arguments):
+                vcpu.nextStep += 1
+                // Only numbers KVM_CAP_EXIT_HYPERCALL enabled exit; the others return -KVM_ENOSYS to the guest.
+                guard nr < 64, vcpu.vm.exitHypercalls & (1 << nr) != 0 else { continue }
+                let a = arguments + [UInt64](repeating: 0, count: max(0, 6 - arguments.count))
+                run.pointee.exit_reason = UInt32(KVM_EXIT_HYPERCALL)
+                run.pointee.hypercall.nr = nr
+                run.pointee.hypercall.args = (a[0], a[1], a[2], a[3], a[4], a[5])
+                return
+            case .load(let gpa, let count):
+                var bytes: [UInt8] = []
+                let isPrivate = vcpu.vm.type == .swProtected && isPrivate(vcpu.vm, gfn: gpa / pageSize)
+                if try !guestAccess(vcpu, gpa: gpa, count: count, isPrivate: isPrivate, write: nil, into: &bytes) { return }
+                vcpu.reads.append(bytes)
+                vcpu.nextStep += 1
+            case .store(let gpa, let data):
+                var unused: [UInt8] = []
+                let isPrivate = vcpu.vm.type == .swProtected && isPrivate(vcpu.vm, gfn: gpa / pageSize)
+                if try !guestAccess(vcpu, gpa: gpa, count: data.count, isPrivate: isPrivate, write: data, into: &unused) {
+                    return
+                }
+                vcpu.nextStep += 1
             case .halt:
                 vcpu.nextStep += 1
                 run.pointee.exit_reason = UInt32(KVM_EXIT_HLT)
@@ -840,6 +875,8 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
                 if let write {
                     let bytes = Array(write[done..<(done + min(inPage, 8))])
                     withUnsafeMutableBytes(of: &run.pointee.mmio.data) { $0.copyBytes(from: bytes) }
+                } else {
+                    vcpu.pendingMMIORead = min(inPage, 8)
                 }
                 vcpu.nextStep += 1
                 return false

@@ -17,6 +17,19 @@ public enum FakeGuestStep: Hashable, Sendable {
     case portOut(port: UInt16, bytes: [UInt8])
     /// The `KVM_HC_MAP_GPA_RANGE` hypercall: ask the host to convert pages.
     case mapGPARange(gpa: UInt64, pages: UInt64, toPrivate: Bool)
+    /// Any hypercall with the guest's own arguments (for `KVM_HC_MAP_GPA_RANGE`:
+    /// the GPA, the page count and the attribute bits); it exits to the host
+    /// where `KVM_CAP_EXIT_HYPERCALL` enabled its number.
+    case hypercall(nr: UInt64, arguments: [UInt64])
+    /// Read or write where the VM type decides whether the access is private:
+    /// on `KVM_X86_SW_PROTECTED_VM` the page's attribute (the guest has no
+    /// C-bit, so KVM takes the attribute as the access), elsewhere shared.
+    case load(gpa: UInt64, count: Int)
+    case store(gpa: UInt64, bytes: [UInt8])
+    /// A triple fault: the run ends with `KVM_EXIT_SHUTDOWN`.
+    case shutdown
+    /// `KVM_EXIT_SYSTEM_EVENT` of `type` (1 shutdown, 2 reset, 3 crash, ...).
+    case systemEvent(type: UInt32)
     /// HLT: the run ends with `KVM_EXIT_HLT`.
     case halt
 }
@@ -36,6 +49,8 @@ final class FakeVCPU {
     var nextStep = 0
     /// Bytes the script's reads returned, in order.
     var reads: [[UInt8]] = []
+    /// The bytes of an MMIO read the host answers in kvm_run before the next run.
+    var pendingMMIORead: Int?
     /// TDX: KVM_TDX_INIT_VCPU has run.
     var tdInitialised = false
 

@@ -191,11 +191,3 @@ public struct CCARecEntry: Sendable, Equatable {
         return regs
     }
 }
-
-extension Optional {
-    /// The wrapped value, leaving nil behind.
-    mutating func take() -> Wrapped? {
-        defer { self = nil }
-        return self
-    }
-}
