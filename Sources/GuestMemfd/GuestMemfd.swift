@@ -25,6 +25,11 @@ public final class GuestMemfd: KernelObject, Sendable {
 
     deinit { if ownsDescriptor { try? kernel.close(fd) } }
 
+    /// The file's size and block size (`fstat(2)`).
+    public func stat() throws(KVMError) -> FileStatus {
+        do { return try kernel.fstat(fd) } catch { throw syscallError(.fstat, error) }
+    }
+
     /// `fallocate(2)` with any mode, for callers that need the raw call.
     ///
     /// - Throws: EOPNOTSUPP without `FALLOC_FL_KEEP_SIZE` or with any mode bit

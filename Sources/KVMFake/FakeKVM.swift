@@ -206,6 +206,38 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         }
     }
 
+    /// fstat on the fake's files: a guest_memfd reports its size and a
+    /// page-sized block (kvm_gmem_getattr's generic_fillattr on an inode of
+    /// i_size bytes; guest_memfd_test, test_file_size); the other anonymous
+    /// inodes (/dev/kvm's, a VM's, a vCPU's) have none.
+    public func fstat(_ fd: CInt) throws(Errno) -> FileStatus {
+        try mutex.withLock { () throws(Errno) -> FileStatus in
+            guard let file = files[fd] else { throw .badFileDescriptor }
+            if case .guestMemfd(let gmem) = file { return FileStatus(size: Int(gmem.size), blockSize: Int(pageSize)) }
+            return FileStatus(size: 0, blockSize: Int(pageSize))
+        }
+    }
+
+    /// read and write: guest_memfd, like KVM's other anonymous-inode files,
+    /// has no read or write operation, so the file is neither FMODE_CAN_READ
+    /// nor FMODE_CAN_WRITE and vfs_read/vfs_write answer EINVAL; pread and
+    /// pwrite stop earlier, at the missing FMODE_PREAD/FMODE_PWRITE
+    /// (ksys_pread64, ksys_pwrite64: ESPIPE). guest_memfd_test,
+    /// test_file_read_write, checks that all four fail.
+    public func read(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, offset: Int?) throws(Errno) -> Int {
+        try mutex.withLock { () throws(Errno) -> Int in
+            guard files[fd] != nil else { throw .badFileDescriptor }
+            throw offset == nil ? .invalidArgument : .illegalSeek
+        }
+    }
+
+    public func write(_ fd: CInt, from buffer: UnsafeRawBufferPointer, offset: Int?) throws(Errno) -> Int {
+        try mutex.withLock { () throws(Errno) -> Int in
+            guard files[fd] != nil else { throw .badFileDescriptor }
+            throw offset == nil ? .invalidArgument : .illegalSeek
+        }
+    }
+
     public func fallocate(_ fd: CInt, mode: CInt, offset: Int, length: Int) throws(Errno) {
         try mutex.withLock { () throws(Errno) in
             guard let file = files[fd] else { throw .badFileDescriptor }

@@ -170,6 +170,22 @@ public final class FaultInjectingKernel: KernelInterface, @unchecked Sendable {
         return try perform(operation, fd: fd) { () throws(Errno) in try base.ioctl(fd, request, argument) }
     }
 
+    public func fstat(_ fd: CInt) throws(Errno) -> FileStatus {
+        try perform(.syscall(.fstat), fd: fd) { () throws(Errno) in try base.fstat(fd) }
+    }
+
+    public func read(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, offset: Int?) throws(Errno) -> Int {
+        try perform(.syscall(offset == nil ? .read : .pread), fd: fd) { () throws(Errno) in
+            try base.read(fd, into: buffer, offset: offset)
+        }
+    }
+
+    public func write(_ fd: CInt, from buffer: UnsafeRawBufferPointer, offset: Int?) throws(Errno) -> Int {
+        try perform(.syscall(offset == nil ? .write : .pwrite), fd: fd) { () throws(Errno) in
+            try base.write(fd, from: buffer, offset: offset)
+        }
+    }
+
     public func mmap(address: UnsafeMutableRawPointer?, length: Int, protection: CInt, flags: CInt, fd: CInt,
                      offset: Int) throws(Errno) -> UnsafeMutableRawPointer
     {

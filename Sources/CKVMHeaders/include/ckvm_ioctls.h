@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <linux/ioctl.h>
 #include <linux/kvm.h>
@@ -109,6 +110,27 @@ static inline int ckvm_madvise(void *_Nonnull address, size_t length, int advice
  * a module header cannot count on. */
 static inline int ckvm_fallocate(int fd, int mode, long offset, long length) {
     return syscall(SYS_fallocate, fd, mode, offset, length) < 0 ? -errno : 0;
+}
+
+/* fstat(2): the size and block size of a file, or -errno. */
+static inline int ckvm_fstat(int fd, long long *_Nonnull size, long *_Nonnull block_size) {
+    struct stat st;
+    if (fstat(fd, &st) < 0) return -errno;
+    *size = st.st_size;
+    *block_size = st.st_blksize;
+    return 0;
+}
+
+/* read(2) or, with offset >= 0, pread(2); the bytes moved, or -errno. */
+static inline long ckvm_read(int fd, void *_Nonnull buffer, size_t count, long offset) {
+    long done = offset < 0 ? read(fd, buffer, count) : pread(fd, buffer, count, offset);
+    return done < 0 ? -errno : done;
+}
+
+/* write(2) or, with offset >= 0, pwrite(2); the bytes moved, or -errno. */
+static inline long ckvm_write(int fd, const void *_Nonnull buffer, size_t count, long offset) {
+    long done = offset < 0 ? write(fd, buffer, count) : pwrite(fd, buffer, count, offset);
+    return done < 0 ? -errno : done;
 }
 
 /* memfd_create(2) through syscall(2), for the fake kernel's guest_memfd backing. */

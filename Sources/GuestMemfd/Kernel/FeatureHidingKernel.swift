@@ -120,6 +120,16 @@ public final class FeatureHidingKernel: KernelInterface, Sendable {
         }
     }
 
+    public func fstat(_ fd: CInt) throws(Errno) -> FileStatus { try base.fstat(fd) }
+
+    public func read(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, offset: Int?) throws(Errno) -> Int {
+        try base.read(fd, into: buffer, offset: offset)
+    }
+
+    public func write(_ fd: CInt, from buffer: UnsafeRawBufferPointer, offset: Int?) throws(Errno) -> Int {
+        try base.write(fd, from: buffer, offset: offset)
+    }
+
     public func mmap(address: UnsafeMutableRawPointer?, length: Int, protection: CInt, flags: CInt, fd: CInt,
                      offset: Int) throws(Errno) -> UnsafeMutableRawPointer
     {

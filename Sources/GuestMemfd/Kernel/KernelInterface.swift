@@ -36,6 +36,26 @@ public protocol KernelInterface: Sendable {
 
     /// `fallocate(2)`.
     func fallocate(_ fd: CInt, mode: CInt, offset: Int, length: Int) throws(Errno)
+
+    /// `fstat(2)`: the file's size and preferred block size.
+    func fstat(_ fd: CInt) throws(Errno) -> FileStatus
+
+    /// `read(2)`, or with `offset` `pread(2)`, into `buffer`; returns the bytes read.
+    func read(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, offset: Int?) throws(Errno) -> Int
+
+    /// `write(2)`, or with `offset` `pwrite(2)`, from `buffer`; returns the bytes written.
+    func write(_ fd: CInt, from buffer: UnsafeRawBufferPointer, offset: Int?) throws(Errno) -> Int
+}
+
+/// What `fstat(2)` tells of a file, as far as the package needs it.
+public struct FileStatus: Hashable, Sendable {
+    public var size: Int
+    public var blockSize: Int
+
+    public init(size: Int, blockSize: Int) {
+        self.size = size
+        self.blockSize = blockSize
+    }
 }
 
 extension KernelInterface {

@@ -55,6 +55,27 @@ public struct LinuxKernel: KernelInterface {
         }
     }
 
+    public func fstat(_ fd: CInt) throws(Errno) -> FileStatus {
+        var size: Int64 = 0, blockSize = 0
+        let result = ckvm_fstat(fd, &size, &blockSize)
+        if result < 0 { throw Errno(rawValue: -result) }
+        return FileStatus(size: Int(size), blockSize: blockSize)
+    }
+
+    public func read(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, offset: Int?) throws(Errno) -> Int {
+        guard let base = buffer.baseAddress else { return 0 }
+        let done = ckvm_read(fd, base, buffer.count, offset ?? -1)
+        if done < 0 { throw Errno(rawValue: CInt(-done)) }
+        return done
+    }
+
+    public func write(_ fd: CInt, from buffer: UnsafeRawBufferPointer, offset: Int?) throws(Errno) -> Int {
+        guard let base = buffer.baseAddress else { return 0 }
+        let done = ckvm_write(fd, base, buffer.count, offset ?? -1)
+        if done < 0 { throw Errno(rawValue: CInt(-done)) }
+        return done
+    }
+
     public func fallocate(_ fd: CInt, mode: CInt, offset: Int, length: Int) throws(Errno) {
         while true {
             let result = ckvm_fallocate(fd, mode, offset, length)

@@ -32,6 +32,13 @@ import Testing
         func madvise(_ address: UnsafeMutableRawPointer, length: Int, advice: CInt) throws(Errno) {
             try base.madvise(address, length: length, advice: advice)
         }
+        func fstat(_ fd: CInt) throws(Errno) -> FileStatus { try base.fstat(fd) }
+        func read(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, offset: Int?) throws(Errno) -> Int {
+            try base.read(fd, into: buffer, offset: offset)
+        }
+        func write(_ fd: CInt, from buffer: UnsafeRawBufferPointer, offset: Int?) throws(Errno) -> Int {
+            try base.write(fd, from: buffer, offset: offset)
+        }
         func fallocate(_ fd: CInt, mode: CInt, offset: Int, length: Int) throws(Errno) {
             try base.fallocate(fd, mode: mode, offset: offset, length: length)
         }

@@ -119,4 +119,28 @@ import Testing
         let mapping = try memfd.map(address: aligned)
         #expect(mapping.base == aligned)
     }
+
+    /// guest_memfd_test, test_file_size and test_file_read_write: fstat gives
+    /// the size and a page-sized block; read, write, pread and pwrite fail.
+    @Test func guestMemfdTestFileSizeAndReadWrite() throws {
+        let fake = FakeKVM()
+        let memfd = try KVM.open(using: fake).createVM().createGuestMemfd(size: 0x8000, flags: [.mmap, .initShared])
+        #expect(try memfd.stat() == FileStatus(size: 0x8000, blockSize: 4096))
+        var buffer = [UInt8](repeating: 0, count: 64)
+        #expect(throws: Errno.invalidArgument) { try buffer.withUnsafeMutableBytes { _ = try fake.read(memfd.fd, into: $0, offset: nil) } }
+        #expect(throws: Errno.illegalSeek) { try buffer.withUnsafeMutableBytes { _ = try fake.read(memfd.fd, into: $0, offset: 0) } }
+        #expect(throws: Errno.invalidArgument) { try buffer.withUnsafeBytes { _ = try fake.write(memfd.fd, from: $0, offset: nil) } }
+        #expect(throws: Errno.illegalSeek) { try buffer.withUnsafeBytes { _ = try fake.write(memfd.fd, from: $0, offset: 0) } }
+    }
+
+    /// The real kernel's side of the same primitives, on a memfd, which has them all.
+    @Test func theLinuxKernelSeamStatsReadsAndWritesAFile() throws {
+        let kernel = LinuxKernel()
+        let file = try SharedMemory(size: 0x2000, name: "seam-check")
+        #expect(try kernel.fstat(file.fd).size == 0x2000)
+        #expect(try [UInt8]([1, 2, 3]).withUnsafeBytes { try kernel.write(file.fd, from: $0, offset: 0x10) } == 3)
+        var back = [UInt8](repeating: 0, count: 3)
+        #expect(try back.withUnsafeMutableBytes { try kernel.read(file.fd, into: $0, offset: 0x10) } == 3)
+        #expect(back == [1, 2, 3])
+    }
 }
