@@ -238,6 +238,15 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         }
     }
 
+    /// lseek: KVM's anonymous-inode files, guest_memfd included, have no
+    /// llseek operation and no FMODE_LSEEK, so vfs_llseek answers ESPIPE.
+    public func lseek(_ fd: CInt, offset: Int, whence: CInt) throws(Errno) -> Int {
+        try mutex.withLock { () throws(Errno) -> Int in
+            guard files[fd] != nil else { throw .badFileDescriptor }
+            throw .illegalSeek
+        }
+    }
+
     public func fallocate(_ fd: CInt, mode: CInt, offset: Int, length: Int) throws(Errno) {
         try mutex.withLock { () throws(Errno) in
             guard let file = files[fd] else { throw .badFileDescriptor }

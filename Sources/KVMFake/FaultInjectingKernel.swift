@@ -170,6 +170,10 @@ public final class FaultInjectingKernel: KernelInterface, @unchecked Sendable {
         return try perform(operation, fd: fd) { () throws(Errno) in try base.ioctl(fd, request, argument) }
     }
 
+    public func lseek(_ fd: CInt, offset: Int, whence: CInt) throws(Errno) -> Int {
+        try perform(.syscall(.lseek), fd: fd) { () throws(Errno) in try base.lseek(fd, offset: offset, whence: whence) }
+    }
+
     public func fstat(_ fd: CInt) throws(Errno) -> FileStatus {
         try perform(.syscall(.fstat), fd: fd) { () throws(Errno) in try base.fstat(fd) }
     }

@@ -133,6 +133,12 @@ static inline long ckvm_write(int fd, const void *_Nonnull buffer, size_t count,
     return done < 0 ? -errno : done;
 }
 
+/* lseek(2); the new offset, or -errno. */
+static inline long ckvm_lseek(int fd, long offset, int whence) {
+    long result = lseek(fd, offset, whence);
+    return result < 0 ? -errno : result;
+}
+
 /* memfd_create(2) through syscall(2), for the fake kernel's guest_memfd backing. */
 static inline int ckvm_memfd_create(const char *_Nonnull name, unsigned int flags) {
     long fd = syscall(SYS_memfd_create, name, flags);

@@ -122,6 +122,10 @@ public final class FeatureHidingKernel: KernelInterface, Sendable {
 
     public func fstat(_ fd: CInt) throws(Errno) -> FileStatus { try base.fstat(fd) }
 
+    public func lseek(_ fd: CInt, offset: Int, whence: CInt) throws(Errno) -> Int {
+        try base.lseek(fd, offset: offset, whence: whence)
+    }
+
     public func read(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, offset: Int?) throws(Errno) -> Int {
         try base.read(fd, into: buffer, offset: offset)
     }

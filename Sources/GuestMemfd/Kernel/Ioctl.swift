@@ -125,7 +125,7 @@ public enum EncryptCommand: String, Sendable, CaseIterable {
 
 /// A plain syscall on a KVM object.
 public enum Syscall: String, Sendable {
-    case open, close, mmap, munmap, madvise, fallocate, ftruncate, fstat, read, write, pread, pwrite
+    case open, close, mmap, munmap, madvise, fallocate, ftruncate, fstat, read, write, pread, pwrite, lseek
     case memfdCreate = "memfd_create"
 }
 

@@ -45,6 +45,9 @@ public protocol KernelInterface: Sendable {
 
     /// `write(2)`, or with `offset` `pwrite(2)`, from `buffer`; returns the bytes written.
     func write(_ fd: CInt, from buffer: UnsafeRawBufferPointer, offset: Int?) throws(Errno) -> Int
+
+    /// `lseek(2)`; returns the new offset.
+    func lseek(_ fd: CInt, offset: Int, whence: CInt) throws(Errno) -> Int
 }
 
 /// What `fstat(2)` tells of a file, as far as the package needs it.

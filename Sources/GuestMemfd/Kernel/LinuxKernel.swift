@@ -76,6 +76,12 @@ public struct LinuxKernel: KernelInterface {
         return done
     }
 
+    public func lseek(_ fd: CInt, offset: Int, whence: CInt) throws(Errno) -> Int {
+        let result = ckvm_lseek(fd, offset, whence)
+        if result < 0 { throw Errno(rawValue: CInt(-result)) }
+        return result
+    }
+
     public func fallocate(_ fd: CInt, mode: CInt, offset: Int, length: Int) throws(Errno) {
         while true {
             let result = ckvm_fallocate(fd, mode, offset, length)

@@ -33,6 +33,7 @@ import Testing
             try base.madvise(address, length: length, advice: advice)
         }
         func fstat(_ fd: CInt) throws(Errno) -> FileStatus { try base.fstat(fd) }
+        func lseek(_ fd: CInt, offset: Int, whence: CInt) throws(Errno) -> Int { try base.lseek(fd, offset: offset, whence: whence) }
         func read(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, offset: Int?) throws(Errno) -> Int {
             try base.read(fd, into: buffer, offset: offset)
         }

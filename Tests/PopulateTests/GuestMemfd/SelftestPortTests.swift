@@ -131,6 +131,7 @@ import Testing
         #expect(throws: Errno.illegalSeek) { try buffer.withUnsafeMutableBytes { _ = try fake.read(memfd.fd, into: $0, offset: 0) } }
         #expect(throws: Errno.invalidArgument) { try buffer.withUnsafeBytes { _ = try fake.write(memfd.fd, from: $0, offset: nil) } }
         #expect(throws: Errno.illegalSeek) { try buffer.withUnsafeBytes { _ = try fake.write(memfd.fd, from: $0, offset: 0) } }
+        #expect(throws: Errno.illegalSeek) { _ = try fake.lseek(memfd.fd, offset: 0, whence: SEEK_END) }
     }
 
     /// The real kernel's side of the same primitives, on a memfd, which has them all.
@@ -142,5 +143,6 @@ import Testing
         var back = [UInt8](repeating: 0, count: 3)
         #expect(try back.withUnsafeMutableBytes { try kernel.read(file.fd, into: $0, offset: 0x10) } == 3)
         #expect(back == [1, 2, 3])
+        #expect(try kernel.lseek(file.fd, offset: 0, whence: SEEK_END) == 0x2000)
     }
 }
