@@ -145,4 +145,16 @@ import Testing
         #expect(back == [1, 2, 3])
         #expect(try kernel.lseek(file.fd, offset: 0, whence: SEEK_END) == 0x2000)
     }
+
+    /// A profile built from scratch through the public initialiser behaves as
+    /// it says: here a 6.18 host with SW_PROTECTED VMs but no TDP, whose
+    /// pre-fault is missing (kvm_arch_vcpu_pre_fault_memory needs TDP).
+    @Test func aProfileBuiltFromScratchOffersWhatItSays() throws {
+        let profile = HostProfile(name: "no-tdp", kernel: "6.18", vmTypes: [.default, .swProtected], tdp: false,
+                                  memoryAttributes: true)
+        let capabilities = try KVM.open(using: FakeKVM(profile: profile)).capabilities()
+        #expect(capabilities.vmTypes == [.default, .swProtected])
+        #expect(!capabilities.preFaultMemory)
+        #expect(profile.description == "no-tdp (6.18)")
+    }
 }
