@@ -216,15 +216,7 @@ extension HostProfile {
     /// and the population rework, and no confidential hardware: private
     /// memory through `KVM_X86_SW_PROTECTED_VM`, with guest_memfd keeping the
     /// shared/private state itself.
-    public static var inPlaceHost: HostProfile {
-        var profile = swProtectedHost
-        profile.name = "in-place-host"
-        profile.kernel = "7.2 + in-place conversion series"
-        profile.bindingOverlapErrno = .fileExists
-        profile.reworkedPopulation = true
-        profile.inPlaceConversion = true
-        return profile
-    }
+    public static var inPlaceHost: HostProfile { swProtectedHost.withInPlaceConversion(named: "in-place-host") }
 
     /// An AMD EPYC host with SEV-SNP firmware, KVM 6.18. A real such host
     /// also offers the legacy SEV and SEV-ES VM types; the fake does not, as
@@ -241,9 +233,13 @@ extension HostProfile {
     /// An SEV-SNP host running the guest_memfd in-place conversion series
     /// (unmerged) on top of the 2026 population rework: guest_memfd starts
     /// shared, converts in place, and launch update may name no source.
-    public static var snpInPlaceHost: HostProfile {
-        var profile = snpHost
-        profile.name = "snp-inplace-host"
+    public static var snpInPlaceHost: HostProfile { snpHost.withInPlaceConversion(named: "snp-inplace-host") }
+
+    /// This host moved to 7.2 with the in-place conversion series: the 7.2
+    /// binding rule (EEXIST), the population rework, in-place conversion.
+    func withInPlaceConversion(named name: String) -> HostProfile {
+        var profile = self
+        profile.name = name
         profile.kernel = "7.2 + in-place conversion series"
         profile.bindingOverlapErrno = .fileExists
         profile.reworkedPopulation = true
