@@ -86,7 +86,7 @@ enum FirmwarePageInfo {
 
 /// The VMSA KVM builds for a vCPU at KVM_SEV_SNP_LAUNCH_FINISH
 /// (`sev_es_sync_vmsa`, arch/x86/kvm/svm/sev.c): the VMCB save area as
-/// KVM_SET_SREGS left it, the general registers and RIP, XCR0, DR6, DR7,
+/// KVM_SET_SREGS left it (with the VMCB's own adjustments of EFER, CR4, CR0), the general registers and RIP, XCR0, DR6, DR7,
 /// `sev_features` from KVM_SEV_INIT2, and the x87/SSE control words of the
 /// vCPU's FPU state. Offsets are those of `struct sev_es_save_area`
 /// (arch/x86/include/asm/svm.h).
@@ -125,10 +125,12 @@ enum FirmwareVMSA {
         store(UInt64(sregs.idt.limit), at: 0x84, bytes: 4)
         store(sregs.idt.base, at: 0x88)
         store(segment: sregs.tr, at: 0x90)
-        store(sregs.efer, at: 0xD0)
-        store(sregs.cr4, at: 0x148)
+        // The VMCB's copies: svm_set_efer adds SVME, svm_set_cr4 adds MCE (the
+        // host has it), svm_set_cr0 clears CD and NW (KVM_X86_QUIRK_CD_NW_CLEARED).
+        store(sregs.efer | 0x1000, at: 0xD0)
+        store(sregs.cr4 | 0x40, at: 0x148)
         store(sregs.cr3, at: 0x150)
-        store(sregs.cr0, at: 0x158)
+        store(sregs.cr0 & ~UInt64(0x6000_0000), at: 0x158)
         store(0x400, at: 0x160)              // DR7 at reset
         store(0xFFFF_0FF0, at: 0x168)        // DR6 at reset
         store(regs.rflags, at: 0x170)
