@@ -263,8 +263,13 @@ public final class LaunchSession {
     /// Gives the boot vCPU (the first) its registers; the launch seals them
     /// (SNP measures them in the VMSA, a realm in its REC). A TD's vCPUs
     /// start as the TDX module sets them, so TDX refuses this.
-    public func setBootState(regs: kvm_regs, sregs: kvm_sregs? = nil) throws(LaunchError) {
-        guard let boot = vcpus.first else { throw .outOfOrder(step: "setting the boot state", needs: "a vCPU") }
+    ///
+    /// - Parameter index: the vCPU, 0 (the boot vCPU) by default; a
+    ///   firmware launch also gives the others their reset state (an SEV-ES
+    ///   AP starts at the firmware's reset block).
+    public func setBootState(regs: kvm_regs, sregs: kvm_sregs? = nil, vcpu index: Int = 0) throws(LaunchError) {
+        guard index < vcpus.count else { throw .outOfOrder(step: "setting vCPU \(index)'s state", needs: "that vCPU") }
+        let boot = vcpus[index]
         guard stage < .populated else { throw .outOfOrder(step: "setting the boot state", needs: "a launch not yet sealed") }
         guard platform.hostSetsBootState else {
             throw .outOfOrder(step: "setting a TD vCPU's registers", needs: "a platform that lets the host set them (not TDX)")

@@ -7,6 +7,14 @@ import Populate
 /// What `snpvmm run` was asked to do: the guest, its size and platform, and its RAM.
 public struct RunOptions: Equatable, Sendable {
     public init() {}
+    /// `--firmware`: an OVMF image to launch as QEMU's `-bios` does; the kernel, if any, is measured through its hashes table.
+    public var firmware: String?
+    /// `--launch-only`: stop after the launch, print its measurement.
+    public var launchOnly = false
+    /// `--vcpu-type`: the CPU model whose CPUID signature the VMSAs carry.
+    public var vcpuType: String?
+    /// `--guest-features`: the SEV features of every VMSA (sev-snp-measure's default, SNPActive).
+    public var guestFeatures: UInt64 = 0x1
 
     public var kernel: String = ""
     public var initrd: String?

@@ -33,6 +33,9 @@ enum RunCommand {
         usage: snpvmm run --kernel FILE [--initrd FILE] [--append STR] [--memory SIZE]
                           [--cpus N] [--platform plain|snp|tdx|cca] [--emulate] [--ledger FILE]
                           [--ram auto|guest_memfd|memfd]
+           snpvmm run --firmware OVMF.fd --platform snp --launch-only --vcpu-type NAME [--emulate]
+                      [--cpus N] [--memory SIZE] [--guest-features V] [--ledger FILE]
+                      [--kernel FILE [--initrd FILE] [--append STR]]
 
         Boots a kernel on this host's KVM from memory that snpvmm fills in place
         before the guest's first instruction: guest_memfd where the host's KVM can
@@ -64,6 +67,12 @@ enum RunCommand {
                             guest_memfd where the host offers it, saying so on
                             standard error when it does not). A real snp launch
                             always uses guest_memfd
+          --firmware FILE   an OVMF image launched as QEMU's -bios does for SEV-SNP: the
+                            image ending at 4 GiB, its SEV metadata sections, the
+                            hashes of --kernel, --initrd and --append where the image
+                            has a kernel-hashes section, one VMSA per vCPU of
+                            --vcpu-type; with --launch-only the launch measurement is
+                            printed as sev-snp-measure prints it
           --help            show this text
 
         Devices: an 8250 UART at 0x3f8 (IRQ 4) writing to standard output; QEMU's
@@ -87,6 +96,7 @@ enum RunCommand {
             print(help)
             return .success
         }
+        if options.firmware != nil { return FirmwareRun.run(options) }
         let setup: BootSetup
         do {
             setup = try load(options)
@@ -148,7 +158,9 @@ enum RunCommand {
         OptionSpec(names: ["--append"], takesValue: true), OptionSpec(names: ["--memory"], takesValue: true),
         OptionSpec(names: ["--cpus"], takesValue: true), OptionSpec(names: ["--platform"], takesValue: true),
         OptionSpec(names: ["--emulate"], takesValue: false), OptionSpec(names: ["--ledger"], takesValue: true),
-        OptionSpec(names: ["--ram"], takesValue: true),
+        OptionSpec(names: ["--ram"], takesValue: true), OptionSpec(names: ["--firmware"], takesValue: true),
+        OptionSpec(names: ["--launch-only"], takesValue: false), OptionSpec(names: ["--vcpu-type"], takesValue: true),
+        OptionSpec(names: ["--guest-features"], takesValue: true),
     ], dialect: .snpvmm(command: "run"))
 
     /// Reads the command line; `--flag value` and `--flag=value` both work.
@@ -183,6 +195,24 @@ enum RunCommand {
             }
             options.ram = ram
         }
+        options.firmware = given["--firmware"]
+        options.launchOnly = given.has("--launch-only")
+        options.vcpuType = given["--vcpu-type"]
+        if let text = given["--guest-features"] {
+            let digits = text.hasPrefix("0x") ? text.dropFirst(2) : Substring(text)
+            guard let value = UInt64(digits, radix: text.hasPrefix("0x") ? 16 : 10) else {
+                throw UsageError("--guest-features '\(text)' is not a number")
+            }
+            options.guestFeatures = value
+        }
+        if options.firmware != nil {
+            try checkFirmwareOptions(options, kernel: kernel)
+            options.kernel = kernel ?? ""
+            return options
+        }
+        for flag in ["--launch-only", "--vcpu-type", "--guest-features"] where given.has(flag) {
+            throw UsageError("\(flag) applies to a firmware launch (--firmware)")
+        }
         guard let kernel else { throw UsageError("--kernel FILE is required (see snpvmm run --help)") }
         options.kernel = kernel
         if options.emulate && options.platform == .plain {
@@ -195,6 +225,25 @@ enum RunCommand {
             throw UsageError("--ram memfd holds no private memory; an SEV-SNP launch needs guest_memfd (or --emulate)")
         }
         return options
+    }
+
+    /// What a firmware launch needs: SEV-SNP, a vCPU type for the VMSAs, and
+    /// `--launch-only`, as no host of this kind runs OVMF in useful time.
+    static func checkFirmwareOptions(_ options: RunOptions, kernel: String?) throws(UsageError) {
+        guard options.platform == .snp else { throw UsageError("--firmware launches an SEV-SNP guest from OVMF; give --platform snp") }
+        guard let type = options.vcpuType else {
+            throw UsageError("--firmware needs --vcpu-type NAME, the CPU model whose signature the VMSAs carry")
+        }
+        guard SNPVCPUSignature.signature(named: type) != nil else {
+            throw UsageError("--vcpu-type '\(type)' is not one of \(SNPVCPUSignature.types.map(\.name).joined(separator: ", "))")
+        }
+        guard options.launchOnly else {
+            throw UsageError("--firmware runs OVMF, which needs a vCPU that executes firmware quickly; this host's "
+                             + "guest kernel code is emulated, so give --launch-only to launch and measure it")
+        }
+        if kernel == nil, options.initrd != nil || !options.append.isEmpty {
+            throw UsageError("--initrd and --append are measured with a --kernel")
+        }
     }
 
     /// Parses a `--memory` size the way QEMU's `-m` reads one: a whole

@@ -163,6 +163,26 @@ def snp_vectors():
     return {"generator": version, "derivedImages": DERIVED, "cases": cases}
 
 
+# The firmware-launch matrix: each Debian image x vCPU count x vCPU type, with
+# and without a measured kernel where the image has a kernel-hashes section.
+MATRIX_VCPUS = [1, 2, 3, 8, 16]
+MATRIX_TYPES = ["EPYC", "EPYC-Rome", "EPYC-Milan", "EPYC-Genoa", "EPYC-Turin"]
+
+
+def snp_matrix():
+    cases = []
+    for image, boots in [(B, [[]]), (S, [[], ["--kernel", K], ["--kernel", K, "--initrd", I, "--append", "console=ttyS0"]])]:
+        for vcpus in MATRIX_VCPUS:
+            for vcpu_type in MATRIX_TYPES:
+                for boot in boots:
+                    args = ["--mode", "snp", "--vcpus", str(vcpus), "--vcpu-type", vcpu_type, *boot]
+                    run = subprocess.run(["sev-snp-measure", *args, "--ovmf", os.path.join(HERE, image)], cwd=HERE,
+                                         capture_output=True, text=True, check=True)
+                    cases.append({"image": image, "args": args, "measurement": run.stdout.strip()})
+    version = subprocess.run(["sev-snp-measure", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"generator": version, "cases": cases}
+
+
 def tdx_vectors():
     path = os.path.join(HERE, "tdx-vectors.json")
     existing = json.load(open(path)) if os.path.exists(path) else None
@@ -271,5 +291,6 @@ if __name__ == "__main__":
     check_images()
     make_inputs()
     write("snp-vectors.json", snp_vectors())
+    write("snp-firmware-matrix.json", snp_matrix())
     write("tdx-vectors.json", tdx_vectors())
     write("cca-vectors.json", cca_vectors())

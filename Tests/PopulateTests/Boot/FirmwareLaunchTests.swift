@@ -1,0 +1,164 @@
+import Foundation
+import GuestMemfd
+import KVMFake
+import LaunchMeasurement
+import Populate
+import Testing
+import VMMCore
+
+/// An SEV-SNP launch from OVMF, populated on the fake's SNP firmware: the
+/// measurement it ends with is sev-snp-measure's for the same inputs (the
+/// committed vectors), and the fake firmware measured the same pages.
+@Suite struct FirmwareLaunchTests {
+    typealias V = MeasurementVectors
+
+    struct MatrixCase: Decodable, CustomTestStringConvertible, Sendable {
+        let image: String
+        let args: [String]
+        let measurement: String
+        var testDescription: String { "\(image) \(args.dropFirst(2).joined(separator: " "))" }
+        func value(_ flag: String) -> String? { args.firstIndex(of: flag).map { args[$0 + 1] } }
+    }
+
+    /// sev-snp-measure 0.0.13 for each Debian image x vCPU count x vCPU type
+    /// (x measured kernel where the image has the section), by regenerate.py.
+    static let matrix: [MatrixCase] = {
+        struct File: Decodable { let cases: [MatrixCase] }
+        return V.load("snp-firmware-matrix.json", as: File.self).cases
+    }()
+
+    /// Launches `image` on the fake's SNP platform and returns the engine's
+    /// expected measurement, the firmware's, and the ledger.
+    static func launch(image: String, vcpus: Int, vcpuType: String, kernel: Bool, initrd: Bool, append: String?)
+        throws -> (expected: [UInt8]?, firmware: [UInt8]?, ledger: Ledger)
+    {
+        let hashes = kernel ? SEVKernelHashes(kernel: V.bytes("inputs/kernel.bin"),
+                                              initrd: initrd ? V.bytes("inputs/initrd.bin") : nil, cmdline: append) : nil
+        let launch = SNPFirmwareLaunch(image: try OVMFImage(bytes: V.bytes(image)), measurement: SNPGuestMeasurement(
+            vcpus: vcpus, vcpuSignature: try #require(SNPVCPUSignature.signature(named: vcpuType)), kernelHashes: hashes))
+        let fake = FakeKVM(profile: .snpHost)
+        let session = try LaunchSession(kvm: try KVM.open(using: fake), platform: .snp(SNPLaunchParameters()))
+        try session.createVCPUs(vcpus)
+        for index in 0..<vcpus {
+            let (regs, sregs) = try launch.resetState(vcpu: index)
+            try session.setBootState(regs: regs, sregs: sregs, vcpu: index)
+        }
+        try session.createMemory(at: 0, size: 256 << 20, slot: 0)
+        try session.createMemory(at: launch.firmwareRange.start.rawValue, size: launch.firmwareRange.size, slot: 1)
+        let result = try session.populate(try launch.plan())
+        return (result.expectedMeasurement, fake.launchMeasurement(of: session.vm), result.ledger)
+    }
+
+    @Test(arguments: matrix)
+    func everyImageVCPUCountAndTypeLaunchesToSevSnpMeasuresValue(_ testCase: MatrixCase) throws {
+        let (expected, firmware, _) = try Self.launch(
+            image: testCase.image, vcpus: Int(testCase.value("--vcpus")!)!, vcpuType: testCase.value("--vcpu-type")!,
+            kernel: testCase.value("--kernel") != nil, initrd: testCase.value("--initrd") != nil,
+            append: testCase.value("--append"))
+        #expect(Hex.encode(try #require(expected)) == testCase.measurement)
+        #expect(Hex.encode(try #require(firmware)) == testCase.measurement)
+    }
+
+    struct Case: CustomTestStringConvertible, Sendable {
+        let vector: String
+        let image: String
+        let vcpus: Int
+        let vcpuType: String
+        let kernel: Bool
+        var testDescription: String { vector }
+    }
+
+    static let cases = [
+        Case(vector: "bookworm-epyc-1", image: V.bookworm, vcpus: 1, vcpuType: "EPYC", kernel: false),
+        Case(vector: "sid-genoa-1", image: V.sid, vcpus: 1, vcpuType: "EPYC-Genoa", kernel: false),
+        Case(vector: "sid-gce-4", image: V.sid, vcpus: 4, vcpuType: "EPYC-Milan", kernel: false),
+        Case(vector: "sid-turin-8-kernel-initrd-append", image: V.sid, vcpus: 8, vcpuType: "EPYC-Turin", kernel: true),
+    ]
+
+    @Test(arguments: cases)
+    func theEmulatedFirmwareLaunchMeasuresWhatSevSnpMeasureGives(_ testCase: Case) throws {
+        let vector = V.snpCase(testCase.vector)
+        guard vector.args.contains("--vmm-type") == false else { return }  // QEMU's layout only
+        let image = try OVMFImage(bytes: V.bytes(testCase.image))
+        var hashes: SEVKernelHashes?
+        if testCase.kernel {
+            let append = vector.args[vector.args.firstIndex(of: "--append")! + 1]
+            hashes = SEVKernelHashes(kernel: V.bytes("inputs/kernel.bin"), initrd: V.bytes("inputs/initrd.bin"), cmdline: append)
+        }
+        let signature = try #require(SNPVCPUSignature.signature(named: testCase.vcpuType))
+        let launch = SNPFirmwareLaunch(image: image, measurement: SNPGuestMeasurement(
+            vcpus: testCase.vcpus, vcpuSignature: signature, kernelHashes: hashes))
+
+        let fake = FakeKVM(profile: .snpHost)
+        let session = try LaunchSession(kvm: try KVM.open(using: fake), platform: .snp(SNPLaunchParameters()))
+        try session.createVCPUs(testCase.vcpus)
+        for index in 0..<testCase.vcpus {
+            let (regs, sregs) = try launch.resetState(vcpu: index)
+            try session.setBootState(regs: regs, sregs: sregs, vcpu: index)
+        }
+        try session.createMemory(at: 0, size: 256 << 20, slot: 0)
+        try session.createMemory(at: launch.firmwareRange.start.rawValue, size: launch.firmwareRange.size, slot: 1)
+        var options = PopulateOptions()
+        options.observer = fake.observer(of: session.vm)
+        let result = try session.populate(try launch.plan(), options: options)
+
+        let expected = vector.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(Hex.encode(try #require(result.expectedMeasurement)) == expected)
+        #expect(Hex.encode(try #require(fake.launchMeasurement(of: session.vm))) == expected)
+    }
+
+    /// The PAGE_INFO chain replayed from a ledger's JSON lines alone (SNP
+    /// firmware ABI, PAGE_INFO: current digest, contents hash, length 0x70,
+    /// type, GPA), as a verifier without this package would.
+    static func replay(_ jsonLines: String) throws -> (replayed: [UInt8], recorded: String) {
+        let codes = ["NORMAL": UInt8(1), "VMSA": 2, "ZERO": 3, "UNMEASURED": 4, "SECRETS": 5, "CPUID": 6]
+        var digest = [UInt8](repeating: 0, count: 48), recorded = ""
+        for line in jsonLines.split(separator: "\n") {
+            let record = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            if record["call"] as? String == "LAUNCH_MEASUREMENT" {
+                recorded = record["measurement"] as? String ?? ""
+                continue
+            }
+            let type = try #require(codes[record["type"] as? String ?? ""])
+            let gpa = try #require(UInt64((record["gpa"] as! String).dropFirst(2), radix: 16))
+            let hashes = (record["page_hashes"] as? [String] ?? []).map { Hex.decode($0)! }
+            for page in 0..<(record["pages"] as! Int) {
+                var info = digest
+                info += type == 1 || type == 2 ? hashes[page] : [UInt8](repeating: 0, count: 48)
+                info += [0x70, 0, type, 0, 0, 0, 0, 0]
+                let pageGPA = type == 2 ? gpa : gpa + UInt64(page) * 4096
+                info += (0..<8).map { UInt8(truncatingIfNeeded: pageGPA >> (8 * $0)) }
+                digest = SHA384.hash(info).bytes
+            }
+        }
+        return (digest, recorded)
+    }
+
+    @Test func runFirmwareLaunchOnlyPrintsSevSnpMeasuresValueAndItsLedgerReplaysToIt() throws {
+        let vector = V.snpCase("sid-turin-8-kernel-initrd-append")
+        let ledger = FileManager.default.temporaryDirectory.appendingPathComponent("firmware-\(UUID().uuidString).jsonl").path
+        defer { try? FileManager.default.removeItem(atPath: ledger) }
+        let result = try SNPVMMExecutable.run([
+            "run", "--firmware", V.sid, "--platform", "snp", "--emulate", "--launch-only", "--vcpu-type", "EPYC-Turin",
+            "--cpus", "8", "--kernel", "inputs/kernel.bin", "--initrd", "inputs/initrd.bin",
+            "--append", "console=ttyS0 root=/dev/vda1", "--ledger", ledger,
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == vector.stdout)
+        let (replayed, recorded) = try Self.replay(try String(contentsOfFile: ledger, encoding: .utf8))
+        #expect(Hex.encode(replayed) + "\n" == vector.stdout)
+        #expect(recorded + "\n" == vector.stdout)
+    }
+
+    @Test(arguments: [
+        (["--platform", "tdx"], "--firmware launches an SEV-SNP guest from OVMF; give --platform snp"),
+        (["--platform", "snp", "--launch-only"], "--firmware needs --vcpu-type NAME"),
+        (["--platform", "snp", "--vcpu-type", "EPYC"], "give --launch-only to launch and measure it"),
+        (["--platform", "snp", "--vcpu-type", "i486", "--launch-only"], "--vcpu-type 'i486' is not one of"),
+    ])
+    func firmwareLaunchMistakesAreOneLineUsageErrors(arguments: [String], mentions: String) throws {
+        let result = try SNPVMMExecutable.run(["run", "--firmware", V.sid, "--emulate"] + arguments)
+        #expect(result.status == 2)
+        #expect(result.stderr.contains(mentions) && result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+    }
+}
