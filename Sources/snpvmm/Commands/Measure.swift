@@ -89,6 +89,10 @@ enum MeasureCommand {
         if mode == "sev" {
             return try measureSEV(values, vcpus: 0, signature: 0, vmmType: .qemu, kernel: kernel, initrd: initrd, append: append)
         }
+        if mode == "snp", values["--json"] != nil || (values["--vcpu-type"] ?? "").contains(",")
+            || values["--vcpus"].flatMap(vcpuCounts).map({ $0.count > 1 }) == true {
+            return try measureMatrix(values, kernel: kernel, initrd: initrd, append: append)
+        }
         guard let vcpusText = values["--vcpus"] else { throw UsageError("missing --vcpus N in guest mode '\(mode)'") }
         let vcpus = PythonInteger(vcpusText, autoBase: false)!.exact!
         guard vcpus <= Int64(SNPGuestMeasurement.maximumVCPUs) else {
@@ -139,6 +143,55 @@ enum MeasureCommand {
             }
         }
         printMeasurement(digest.bytes, label: "SEV_SNP guest measurement", values)
+        return .success
+    }
+
+    /// The vCPU counts of a list or range ("1-16", "1,2,4", "2,8-10"); nil
+    /// for a plain number or anything else.
+    static func vcpuCounts(_ text: String) -> [Int]? {
+        guard text.contains(",") || text.dropFirst().contains("-") else { return nil }
+        var counts: [Int] = []
+        for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
+            guard (1...2).contains(bounds.count), let low = Int(bounds[0]), let high = Int(bounds.last!),
+                  1 <= low, low <= high, high <= SNPGuestMeasurement.maximumVCPUs else { return nil }
+            counts += Array(low...high)
+        }
+        return counts
+    }
+
+    /// Reference values for an allow-list: one SNP measurement per vCPU
+    /// count and vCPU type, the firmware hashed once and each combination
+    /// chained on from its digest; `--json` gives one record per combination.
+    static func measureMatrix(_ values: [String: String], kernel: String?, initrd: String?, append: String?) throws -> ExitCode {
+        guard let text = values["--vcpus"] else { throw UsageError("missing --vcpus N in guest mode 'snp'") }
+        let counts = vcpuCounts(text) ?? [Int(PythonInteger(text, autoBase: false)!.exact!)]
+        guard let typeList = values["--vcpu-type"] else {
+            throw UsageError("a measurement matrix takes --vcpu-type NAME[,NAME...]")
+        }
+        let types = typeList.split(separator: ",").map(String.init)
+        let image = try OVMFImage(path: values["--ovmf"]!)
+        let firmware = try SNPGuestMeasurement.firmwareDigest(of: image)
+        var hashes: SEVKernelHashes?
+        if let kernel {
+            hashes = SEVKernelHashes(kernel: try FileBytes.read(kernel), initrd: try initrd.map { try FileBytes.read($0) },
+                                     cmdline: append)
+        }
+        let guestFeatures = values["--guest-features"].map { PythonInteger($0, autoBase: true)!.wrapped } ?? 0x1
+        var records: [String] = []
+        for type in types {
+            for vcpus in counts {
+                let measurement = SNPGuestMeasurement(vcpus: vcpus, vcpuSignature: SNPVCPUSignature.signature(named: type)!,
+                                                      guestFeatures: guestFeatures, kernelHashes: hashes,
+                                                      firmwareDigest: firmware)
+                let digest = try measurement.launchDigest(for: image).bytes
+                let text = values["--output-format"] == "base64" ? base64(digest) : Hex.encode(digest)
+                records.append(values["--json"] != nil
+                    ? "{\"vcpus\": \(vcpus), \"vcpu_type\": \(jsonString(type)), \"measurement\": \(jsonString(text))}"
+                    : "\(vcpus) \(type) \(text)")
+            }
+        }
+        print(values["--json"] != nil ? "[\n  " + records.joined(separator: ",\n  ") + "\n]" : records.joined(separator: "\n"))
         return .success
     }
 
@@ -367,8 +420,15 @@ struct MeasureArguments {
         Option(names: ["--version"], takesValue: false),
         Option(names: ["-v", "--verbose"], takesValue: false),
         Option(names: ["--mode"], takesValue: true, check: choices(modes)),
-        Option(names: ["--vcpus"], takesValue: true, check: integer("int", autoBase: false, fitIn64: true)),
-        Option(names: ["--vcpu-type"], takesValue: true, check: choices(SNPVCPUSignature.types.map(\.name))),
+        Option(names: ["--vcpus"], takesValue: true, check: { value in
+            // An extension of sev-snp-measure's flag: a list or range ("1-16", "1,2,4") gives a matrix.
+            MeasureCommand.vcpuCounts(value) != nil ? nil : integer("int", autoBase: false, fitIn64: true)(value)
+        }),
+        Option(names: ["--vcpu-type"], takesValue: true, check: { value in
+            let names = value.split(separator: ",").map(String.init)
+            return names.count > 1 && names.allSatisfy({ SNPVCPUSignature.signature(named: $0) != nil }) ? nil
+                : choices(SNPVCPUSignature.types.map(\.name))(value)
+        }),
         Option(names: ["--vcpu-sig"], takesValue: true, check: integer("auto_base_int", autoBase: true)),
         Option(names: ["--vcpu-family"], takesValue: true, check: integer("int", autoBase: false, fitIn64: true)),
         Option(names: ["--vcpu-model"], takesValue: true, check: integer("int", autoBase: false, fitIn64: true)),
@@ -396,6 +456,7 @@ struct MeasureArguments {
         Option(names: ["--num-wps"], takesValue: true),
         Option(names: ["--pmu-num-ctrs"], takesValue: true),
         Option(names: ["--lpa2"], takesValue: false),
+        Option(names: ["--json"], takesValue: false),
     ]
 
     /// Parses `arguments` into option values keyed by each option's long name,

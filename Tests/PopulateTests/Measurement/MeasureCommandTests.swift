@@ -78,6 +78,22 @@ extension MeasurementTests {
             #expect(result.stderr == "snpvmm measure: error: the RMM refuses a realm with \(problem)\n")
         }
 
+        /// A verifier's allow-list in one run: every vCPU count of a range and
+        /// list, for several vCPU types, equal to sev-snp-measure one by one.
+        @Test func aMeasurementMatrixGivesSevSnpMeasuresValueForEveryCombination() throws {
+            let result = try SNPVMMExecutable.run(["measure", "--mode", "snp", "--ovmf", V.sid, "--vcpus", "1-3,8,16",
+                                                   "--vcpu-type", "EPYC-Milan,EPYC-Turin", "--json"])
+            #expect(result.status == 0, "\(result.stderr)")
+            let records = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]])
+            #expect(records.count == 10)
+            let reference = FirmwareLaunchTests.matrix.filter { $0.image == V.sid && $0.value("--kernel") == nil }
+            for record in records {
+                let vcpus = String(record["vcpus"] as! Int), type = record["vcpu_type"] as! String
+                let expected = try #require(reference.first { $0.value("--vcpus") == vcpus && $0.value("--vcpu-type") == type })
+                #expect(record["measurement"] as? String == expected.measurement, "\(vcpus) \(type)")
+            }
+        }
+
         @Test func abbreviatedOptionsAndEqualsFormAreAccepted() throws {
             let result = try SNPVMMExecutable.run(["measure", "--mode=snp", "--vcpus=1", "--vcpu-t", "EPYC", "--ovmf", V.directory + "/" + V.bookworm])
             #expect(result.status == 0)
