@@ -9,6 +9,8 @@ public struct RunOptions: Equatable, Sendable {
     public init() {}
     /// `--firmware`: an OVMF image to launch as QEMU's `-bios` does; the kernel, if any, is measured through its hashes table.
     public var firmware: String?
+    /// `--plan`: a plan-text file launched as is.
+    public var plan: String?
     /// `--launch-only`: stop after the launch, print its measurement.
     public var launchOnly = false
     /// `--vcpu-type`: the CPU model whose CPUID signature the VMSAs carry.

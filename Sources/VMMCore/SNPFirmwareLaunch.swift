@@ -57,6 +57,11 @@ public struct SNPFirmwareLaunch: Sendable {
             guard let ap = image.sevESResetEIP, ap != 0 else { throw .noAPResetAddress(vcpus: index + 1) }
             eip = ap
         }
+        return Self.resetState(eip: eip, vcpuSignature: measurement.vcpuSignature)
+    }
+
+    /// The x86 reset state at `eip` with `vcpuSignature` in EDX.
+    public static func resetState(eip: UInt32, vcpuSignature: UInt64) -> (kvm_regs, kvm_sregs) {
         func segment(selector: UInt16 = 0, base: UInt64 = 0, type: UInt8, code: Bool = false, system: Bool = false) -> kvm_segment {
             var segment = kvm_segment()
             segment.selector = selector
@@ -79,7 +84,7 @@ public struct SNPFirmwareLaunch: Sendable {
         var regs = kvm_regs()
         regs.rflags = 0x2
         regs.rip = UInt64(eip & 0xFFFF)
-        regs.rdx = measurement.vcpuSignature
+        regs.rdx = vcpuSignature
         return (regs, sregs)
     }
 }

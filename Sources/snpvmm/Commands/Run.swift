@@ -33,6 +33,8 @@ enum RunCommand {
         usage: snpvmm run --kernel FILE [--initrd FILE] [--append STR] [--memory SIZE]
                           [--cpus N] [--platform plain|snp|tdx|cca] [--emulate] [--ledger FILE]
                           [--ram auto|guest_memfd|memfd]
+           snpvmm run --plan FILE --platform snp|tdx|cca --launch-only [--emulate] [--cpus N]
+                      [--vcpu-type NAME] [--memory SIZE] [--ledger FILE]
            snpvmm run --firmware OVMF.fd --platform snp --launch-only --vcpu-type NAME [--emulate]
                       [--cpus N] [--memory SIZE] [--guest-features V] [--ledger FILE]
                       [--kernel FILE [--initrd FILE] [--append STR]]
@@ -73,6 +75,10 @@ enum RunCommand {
                             has a kernel-hashes section, one VMSA per vCPU of
                             --vcpu-type; with --launch-only the launch measurement is
                             printed as sev-snp-measure prints it
+          --plan FILE       a launch plan in plan-text format, launched as it is on the
+                            platform: nothing added but the VMSAs (SNP, vCPUs in
+                            their reset state) or the boot REC (CCA); with
+                            --launch-only the measurement is printed
           --help            show this text
 
         Devices: an 8250 UART at 0x3f8 (IRQ 4) writing to standard output; QEMU's
@@ -97,6 +103,7 @@ enum RunCommand {
             return .success
         }
         if options.firmware != nil { return FirmwareRun.run(options) }
+        if options.plan != nil { return PlanRun.run(options) }
         let setup: BootSetup
         do {
             setup = try load(options)
@@ -160,7 +167,7 @@ enum RunCommand {
         OptionSpec(names: ["--emulate"], takesValue: false), OptionSpec(names: ["--ledger"], takesValue: true),
         OptionSpec(names: ["--ram"], takesValue: true), OptionSpec(names: ["--firmware"], takesValue: true),
         OptionSpec(names: ["--launch-only"], takesValue: false), OptionSpec(names: ["--vcpu-type"], takesValue: true),
-        OptionSpec(names: ["--guest-features"], takesValue: true),
+        OptionSpec(names: ["--guest-features"], takesValue: true), OptionSpec(names: ["--plan"], takesValue: true),
     ], dialect: .snpvmm(command: "run"))
 
     /// Reads the command line; `--flag value` and `--flag=value` both work.
@@ -205,13 +212,25 @@ enum RunCommand {
             }
             options.guestFeatures = value
         }
+        options.plan = given["--plan"]
+        if options.plan != nil {
+            guard options.firmware == nil, kernel == nil, options.initrd == nil else {
+                throw UsageError("--plan launches the plan as it is: no --firmware, --kernel or --initrd with it")
+            }
+            guard options.platform != .plain else { throw UsageError("--plan launches a confidential guest; give --platform snp, tdx or cca") }
+            guard options.launchOnly else { throw UsageError("--plan needs --launch-only: the plan has no boot state to run") }
+            if options.platform == .snp, options.vcpuType.flatMap(SNPVCPUSignature.signature(named:)) == nil {
+                throw UsageError("--plan with --platform snp needs --vcpu-type NAME (the signature in the VMSAs' EDX)")
+            }
+            return options
+        }
         if options.firmware != nil {
             try checkFirmwareOptions(options, kernel: kernel)
             options.kernel = kernel ?? ""
             return options
         }
         for flag in ["--launch-only", "--vcpu-type", "--guest-features"] where given.has(flag) {
-            throw UsageError("\(flag) applies to a firmware launch (--firmware)")
+            throw UsageError("\(flag) applies to a firmware or plan launch (--firmware, --plan)")
         }
         guard let kernel else { throw UsageError("--kernel FILE is required (see snpvmm run --help)") }
         options.kernel = kernel
