@@ -76,11 +76,12 @@ extension FakeKVM {
 
     private var realmDigestLength: Int { profile.cca?.hashAlgorithm == 1 ? 64 : 32 }
 
-    /// The SNP guest's policy and host data as an attestation report would show them.
-    public func snpReportFields(of vm: VM) -> (policy: UInt64, hostData: [UInt8], idBlock: Bool)? {
+    /// The SNP guest's launch fields as an attestation report would show them.
+    public func snpReportFields(of vm: VM) -> FakeSNPReportFields? {
         withLock {
             guard let snp = fakeVM(vm)?.snp, snp.finished else { return nil }
-            return (snp.policy, snp.hostData, snp.idBlockEnabled)
+            return FakeSNPReportFields(policy: snp.policy, hostData: snp.hostData, idBlock: snp.idBlockEnabled,
+                                       idKeyDigest: snp.idKeyDigest, authorKeyDigest: snp.authorKeyDigest)
         }
     }
 
@@ -180,4 +181,15 @@ private final class FakeMeasurementObserver: LaunchMeasurementObserver, @uncheck
     func measuredPages() -> [MeasuredPage] {
         fake.platformLog(of: vm).map { MeasuredPage(gpa: $0.gpa, kind: $0.kind, measurement: $0.measurement) }
     }
+}
+
+/// Fields of an SNP attestation report the launch decides (SEV-SNP ABI, ATTESTATION_REPORT).
+public struct FakeSNPReportFields: Sendable {
+    public var policy: UInt64
+    public var hostData: [UInt8]
+    /// ID_BLOCK_EN was set and the firmware accepted the block.
+    public var idBlock: Bool
+    /// ID_KEY_DIGEST and AUTHOR_KEY_DIGEST (the latter with AUTH_KEY_EN only).
+    public var idKeyDigest: [UInt8]?
+    public var authorKeyDigest: [UInt8]?
 }

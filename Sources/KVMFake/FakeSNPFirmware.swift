@@ -316,21 +316,23 @@ extension FakeKVM {
             extendSNPDigest(vm, gpa: CKVM_SNP_INITIAL_VMSA_GPA, type: .vmsa, contentsHash: FirmwareHash.sha384.digest(vmsa))
         }
         if params.id_block_en != 0 {
-            // The ID block (96 bytes) carries the expected launch digest and policy.
+            // snp_launch_finish copies ID_BLOCK and ID_AUTH from the host; the
+            // firmware checks the signatures, then the digest, then the policy
+            // (SEV-SNP ABI, SNP_LAUNCH_FINISH).
             guard let block = userPointer(params.id_block_uaddr, count: Int(CKVM_SEV_SNP_ID_BLOCK_SIZE)),
-                  userPointer(params.id_auth_uaddr, count: Int(CKVM_SEV_SNP_ID_AUTH_SIZE)) != nil
+                  let auth = userPointer(params.id_auth_uaddr, count: Int(CKVM_SEV_SNP_ID_AUTH_SIZE))
             else { throw .badAddress }
-            let expected = [UInt8](UnsafeRawBufferPointer(start: block, count: 48))
-            let policy = block.loadUnaligned(fromByteOffset: 88, as: UInt64.self)
-            if expected != vm.snp!.digest {
-                command.error = SEVFirmwareStatus.badMeasurement.rawValue
-                throw .ioError
-            }
-            if policy != snp.policy {
-                command.error = SEVFirmwareStatus.policyFailure.rawValue
+            let check = FirmwareIDBlockCheck(
+                block: [UInt8](UnsafeRawBufferPointer(start: block, count: Int(CKVM_SEV_SNP_ID_BLOCK_SIZE))),
+                auth: [UInt8](UnsafeRawBufferPointer(start: auth, count: Int(CKVM_SEV_SNP_ID_AUTH_SIZE))),
+                authorKeyEnabled: params.auth_key_en != 0)
+            if let status = check.status(launchDigest: vm.snp!.digest, policy: snp.policy) {
+                command.error = status.rawValue
                 throw .ioError
             }
             vm.snp?.idBlockEnabled = true
+            vm.snp?.idKeyDigest = check.keyDigests.idKey
+            vm.snp?.authorKeyDigest = check.keyDigests.authorKey
         }
         vm.snp?.hostData = withUnsafeBytes(of: params.host_data) { Array($0) }
         vm.snp?.finished = true

@@ -72,6 +72,8 @@ struct SNPGuestContext {
     var pageLog: [FakePlatformPage] = []
     var hostData: [UInt8] = []
     var idBlockEnabled = false
+    var idKeyDigest: [UInt8]?
+    var authorKeyDigest: [UInt8]?
     /// Host frames of the vCPUs' VMSAs, assigned at LAUNCH_FINISH and
     /// reclaimed when the vCPUs are freed.
     var vmsaFrames: [UInt64] = []

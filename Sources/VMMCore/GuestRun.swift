@@ -17,6 +17,11 @@ public struct RunOptions: Equatable, Sendable {
     public var vcpuType: String?
     /// `--guest-features`: the SEV features of every VMSA (sev-snp-measure's default, SNPActive).
     public var guestFeatures: UInt64 = 0x1
+    /// `--id-block`, `--id-auth` and `--author-key-enabled` (QEMU's sev-snp-guest
+    /// properties): what LAUNCH_FINISH checks the launch against.
+    public var idBlock: [UInt8]?
+    public var idAuth: [UInt8]?
+    public var authorKeyEnabled = false
 
     public var kernel: String = ""
     public var initrd: String?

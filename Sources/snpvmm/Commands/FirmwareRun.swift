@@ -35,7 +35,7 @@ enum FirmwareRun {
             let fake = options.emulate ? FakeKVM(profile: .snpHost) : nil
             let kvm = try KVM.open(using: fake ?? (try FeatureHidingKernel.hostKernel()))
             // KVM adds SNPActive itself; INIT2 takes the other features.
-            let parameters = SNPLaunchParameters(vmsaFeatures: options.guestFeatures & ~SNPBackend.snpActive)
+            let parameters = SNPLaunchParameters(vmsaFeatures: options.guestFeatures & ~SNPBackend.snpActive, finish: options.launchFinish)
             let session = try LaunchSession(kvm: kvm, platform: .snp(parameters))
             try session.createVCPUs(options.cpus)
             for index in 0..<options.cpus {
@@ -53,7 +53,38 @@ enum FirmwareRun {
             print(Hex.encode(result.expectedMeasurement ?? []))
             return .success
         } catch {
-            fail("run: \(error)")
+            fail("run: \(SNPLaunchFinish.refusal(of: error, idBlock: options.idBlock) ?? "\(error)")")
         }
+    }
+}
+
+extension RunOptions {
+    /// LAUNCH_FINISH's arguments from `--id-block`, `--id-auth` and `--author-key-enabled`.
+    var launchFinish: SNPLaunchFinish {
+        SNPLaunchFinish(idBlock: idBlock, idAuth: idAuth, authKeyEnabled: idBlock != nil && authorKeyEnabled)
+    }
+}
+
+extension SNPLaunchFinish {
+    /// The line `run` gives when the firmware refused the launch over its ID
+    /// block (SNP_LAUNCH_FINISH's statuses for ID-block checks); nil for other failures.
+    static func refusal(of error: any Error, idBlock: [UInt8]?) -> String? {
+        let kernel: KVMError? = switch error {
+        case let error as LaunchError: error.kvmError
+        case let error as PopulateError: error.kernelError
+        case let error as KVMError: error
+        default: nil
+        }
+        guard let idBlock, let block = try? SNPIDBlock(bytes: idBlock), let kernel,
+              case .encryptOp(.snpLaunchFinish) = kernel.operation, let status = kernel.sevStatus else { return nil }
+        let why = switch status {
+        case .badMeasurement: "the ID block names measurement \(block.launchDigest.hex), not this launch's"
+        case .policyFailure: "the ID block names policy \(block.policy), not this launch's"
+        case .badSignature:
+            "a signature in --id-auth does not verify: the ID key's over the ID block, or (with "
+                + "--author-key-enabled) the author key's over the ID key"
+        default: "\(kernel)"
+        }
+        return "LAUNCH_FINISH refused the ID block with firmware status \(status): \(why)"
     }
 }

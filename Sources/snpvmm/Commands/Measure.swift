@@ -185,7 +185,7 @@ enum MeasureCommand {
                                                       guestFeatures: guestFeatures, kernelHashes: hashes,
                                                       firmwareDigest: firmware)
                 let digest = try measurement.launchDigest(for: image).bytes
-                let text = values["--output-format"] == "base64" ? base64(digest) : Hex.encode(digest)
+                let text = values["--output-format"] == "base64" ? Base64.encode(digest) : Hex.encode(digest)
                 records.append(values["--json"] != nil
                     ? "{\"vcpus\": \(vcpus), \"vcpu_type\": \(jsonString(type)), \"measurement\": \(jsonString(text))}"
                     : "\(vcpus) \(type) \(text)")
@@ -279,7 +279,7 @@ enum MeasureCommand {
     /// Prints a measurement as sev-snp-measure does: hex or base64, with a
     /// "Calculated … measurement:" prefix under -v.
     static func printMeasurement(_ bytes: [UInt8], label: String, _ values: [String: String]) {
-        let text = values["--output-format"] == "base64" ? base64(bytes) : Hex.encode(bytes)
+        let text = values["--output-format"] == "base64" ? Base64.encode(bytes) : Hex.encode(bytes)
         print(values["--verbose"] != nil ? "Calculated \(label): \(text)" : text)
     }
 
@@ -298,22 +298,6 @@ enum MeasureCommand {
 
     /// A size in bytes with an optional K, M or G (binary) suffix.
     static func parseSize(_ text: String) -> UInt64? { SizeArgument(text).value }
-
-    /// Standard base64 with padding, as Python's `base64.b64encode`.
-    static func base64(_ bytes: [UInt8]) -> String {
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-        var output = [UInt8]()
-        var index = 0
-        while index < bytes.count {
-            let chunk = bytes[index..<min(index + 3, bytes.count)]
-            let value = chunk.enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (16 - 8 * UInt32($1.offset)) }
-            for position in 0..<4 {
-                output.append(position <= chunk.count ? alphabet[Int(value >> (18 - 6 * UInt32(position)) & 0x3F)] : UInt8(ascii: "="))
-            }
-            index += 3
-        }
-        return String(decoding: output, as: UTF8.self)
-    }
 
     static func writeFile(_ path: String, _ bytes: [UInt8]) throws(MeasureFailure) {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)

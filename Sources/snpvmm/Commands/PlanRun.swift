@@ -23,7 +23,7 @@ enum PlanRun {
         let (profile, platform): (HostProfile, LaunchPlatform) = switch options.platform {
         case .tdx: (.tdxHost, .tdx(TDXLaunchParameters()))
         case .cca: (.ccaHost, .cca(CCABackend.defaultParameters))
-        default: (.snpHost, .snp(SNPLaunchParameters(vmsaFeatures: options.guestFeatures & ~SNPBackend.snpActive)))
+        default: (.snpHost, .snp(SNPLaunchParameters(vmsaFeatures: options.guestFeatures & ~SNPBackend.snpActive, finish: options.launchFinish)))
         }
         do {
             let fake = options.emulate ? FakeKVM(profile: profile) : nil
@@ -54,7 +54,7 @@ enum PlanRun {
             if case .population(let populateError) = error, case .plan = populateError.reason {
                 fail("run: \(options.plan!): \(populateError)", status: .usage)
             }
-            fail("run: \(error)")
+            fail("run: \(SNPLaunchFinish.refusal(of: error, idBlock: options.idBlock) ?? "\(error)")")
         } catch {
             fail("run: \(error)")
         }

@@ -38,6 +38,7 @@ enum RunCommand {
            snpvmm run --firmware OVMF.fd --platform snp --launch-only --vcpu-type NAME [--emulate]
                       [--cpus N] [--memory SIZE] [--guest-features V] [--ledger FILE]
                       [--kernel FILE [--initrd FILE] [--append STR]]
+                      [--id-block B64 --id-auth B64 [--author-key-enabled]]
 
         Boots a kernel on this host's KVM from memory that snpvmm fills in place
         before the guest's first instruction: guest_memfd where the host's KVM can
@@ -79,6 +80,14 @@ enum RunCommand {
                             platform: nothing added but the VMSAs (SNP, vCPUs in
                             their reset state) or the boot REC (CCA); with
                             --launch-only the measurement is printed
+          --id-block B64    with --id-auth B64, an SEV-SNP ID block and its signatures
+                            (QEMU's sev-snp-guest id-block and id-auth; snpvmm id-block
+                            makes them) given to LAUNCH_FINISH, which refuses the launch
+                            unless the block names its measurement and policy and its
+                            signature verifies: firmware or plan launches only
+          --author-key-enabled
+                            the firmware also checks the author key's signature over
+                            the ID key and reports the author key's digest
           --help            show this text
 
         Devices: an 8250 UART at 0x3f8 (IRQ 4) writing to standard output; QEMU's
@@ -168,6 +177,8 @@ enum RunCommand {
         OptionSpec(names: ["--ram"], takesValue: true), OptionSpec(names: ["--firmware"], takesValue: true),
         OptionSpec(names: ["--launch-only"], takesValue: false), OptionSpec(names: ["--vcpu-type"], takesValue: true),
         OptionSpec(names: ["--guest-features"], takesValue: true), OptionSpec(names: ["--plan"], takesValue: true),
+        OptionSpec(names: ["--id-block"], takesValue: true), OptionSpec(names: ["--id-auth"], takesValue: true),
+        OptionSpec(names: ["--author-key-enabled"], takesValue: false),
     ], dialect: .snpvmm(command: "run"))
 
     /// Reads the command line; `--flag value` and `--flag=value` both work.
@@ -213,6 +224,7 @@ enum RunCommand {
             options.guestFeatures = value
         }
         options.plan = given["--plan"]
+        try parseIDBlock(given, into: &options)
         if options.plan != nil {
             guard options.firmware == nil, kernel == nil, options.initrd == nil else {
                 throw UsageError("--plan launches the plan as it is: no --firmware, --kernel or --initrd with it")
@@ -229,7 +241,7 @@ enum RunCommand {
             options.kernel = kernel ?? ""
             return options
         }
-        for flag in ["--launch-only", "--vcpu-type", "--guest-features"] where given.has(flag) {
+        for flag in ["--launch-only", "--vcpu-type", "--guest-features", "--id-block"] where given.has(flag) {
             throw UsageError("\(flag) applies to a firmware or plan launch (--firmware, --plan)")
         }
         guard let kernel else { throw UsageError("--kernel FILE is required (see snpvmm run --help)") }
@@ -244,6 +256,29 @@ enum RunCommand {
             throw UsageError("--ram memfd holds no private memory; an SEV-SNP launch needs guest_memfd (or --emulate)")
         }
         return options
+    }
+
+    /// `--id-block B64 --id-auth B64 [--author-key-enabled]`: decoded and
+    /// sized here, so a wrong value stops the run before anything is created.
+    static func parseIDBlock(_ given: ParsedArguments, into options: inout RunOptions) throws(UsageError) {
+        guard given.has("--id-block") || given.has("--id-auth") else {
+            if given.has("--author-key-enabled") { throw UsageError("--author-key-enabled applies to an --id-block") }
+            return
+        }
+        guard let blockText = given["--id-block"], let authText = given["--id-auth"] else {
+            throw UsageError("--id-block and --id-auth go together: LAUNCH_FINISH takes both")
+        }
+        guard options.platform == .snp, options.firmware != nil || options.plan != nil else {
+            throw UsageError("--id-block applies to an SEV-SNP firmware or plan launch (--platform snp with --firmware or --plan)")
+        }
+        for (flag, text, size) in [("--id-block", blockText, SNPIDBlock.size), ("--id-auth", authText, SNPIDAuth.size)] {
+            guard let bytes = Base64.decode(text) else { throw UsageError("\(flag) is not base64") }
+            guard bytes.count == size else {
+                throw UsageError("\(flag) is \(bytes.count) bytes; SNP_LAUNCH_FINISH takes \(size) (snpvmm id-block makes both)")
+            }
+            if flag == "--id-block" { options.idBlock = bytes } else { options.idAuth = bytes }
+        }
+        options.authorKeyEnabled = given.has("--author-key-enabled")
     }
 
     /// What a firmware launch needs: SEV-SNP, a vCPU type for the VMSAs, and

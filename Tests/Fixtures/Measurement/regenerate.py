@@ -4,6 +4,8 @@
   snp-vectors.json  sev-snp-measure 0.0.13 (pip install sev-snp-measure==0.0.13)
                     run on Debian's OVMF images and on images derived from them
                     by the byte patches listed in the file.
+  snp-id-blocks.json  snp-create-id-block (same package) on the test keys in
+                    inputs/.
   tdx-vectors.json  MRTD from td-shim's td_shim_tee_info_hash.py, when
                     TD_SHIM_TEE_INFO_HASH names a copy of it; otherwise the
                     existing values are kept.
@@ -183,6 +185,36 @@ def snp_matrix():
     return {"generator": version, "cases": cases}
 
 
+# ID blocks from sev-snp-measure's snp-create-id-block for committed test keys
+# (inputs/id-key.pem SEC1 P-384, inputs/author-key.pem PKCS#8 P-384,
+# inputs/p256-key.pem P-256, made once with `openssl genpkey`; test keys only).
+# The ID block and key digests are deterministic; the signatures are not
+# (ECDSA draws a fresh nonce), so tests verify them rather than compare them.
+ID_BLOCK_CASES = [
+    ("first matrix measurement", 0, "id-key.pem", "author-key.pem"),
+    ("kernel-hashes measurement", 60, "id-key.pem", "author-key.pem"),
+    ("keys swapped", 0, "author-key.pem", "id-key.pem"),
+]
+
+
+def id_block_vectors():
+    import base64
+    matrix = json.load(open(os.path.join(HERE, "snp-firmware-matrix.json")))["cases"]
+    cases = []
+    for name, index, idkey, authorkey in ID_BLOCK_CASES:
+        measurement = base64.b64encode(bytes.fromhex(matrix[index]["measurement"])).decode()
+        args = ["--measurement", measurement, "--idkey", "inputs/" + idkey, "--authorkey", "inputs/" + authorkey]
+        run = subprocess.run(["snp-create-id-block", *args], cwd=HERE, capture_output=True, text=True, check=True)
+        cases.append({"name": name, "args": args, "stdout": run.stdout})
+    run = subprocess.run(["snp-create-id-block", "--measurement", base64.b64encode(bytes(48)).decode(),
+                          "--idkey", "inputs/p256-key.pem", "--authorkey", "inputs/author-key.pem"],
+                         cwd=HERE, capture_output=True, text=True)
+    wrong = {"args": run.args[1:], "status": run.returncode,
+             "stderrLastLine": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ""}
+    version = subprocess.run(["sev-snp-measure", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"generator": version + " snp-create-id-block", "cases": cases, "wrongCurve": wrong}
+
+
 def tdx_vectors():
     path = os.path.join(HERE, "tdx-vectors.json")
     existing = json.load(open(path)) if os.path.exists(path) else None
@@ -292,5 +324,6 @@ if __name__ == "__main__":
     make_inputs()
     write("snp-vectors.json", snp_vectors())
     write("snp-firmware-matrix.json", snp_matrix())
+    write("snp-id-blocks.json", id_block_vectors())
     write("tdx-vectors.json", tdx_vectors())
     write("cca-vectors.json", cca_vectors())

@@ -29,15 +29,15 @@ import VMMCore
 
     /// Launches `image` on the fake's SNP platform and returns the engine's
     /// expected measurement, the firmware's, and the ledger.
-    static func launch(image: String, vcpus: Int, vcpuType: String, kernel: Bool, initrd: Bool, append: String?)
-        throws -> (expected: [UInt8]?, firmware: [UInt8]?, ledger: Ledger)
+    static func launch(image: String, vcpus: Int, vcpuType: String, kernel: Bool, initrd: Bool, append: String?,
+                       finish: SNPLaunchFinish = SNPLaunchFinish(), fake: FakeKVM = FakeKVM(profile: .snpHost))
+        throws -> (expected: [UInt8]?, firmware: [UInt8]?, ledger: Ledger, vm: VM)
     {
         let hashes = kernel ? SEVKernelHashes(kernel: V.bytes("inputs/kernel.bin"),
                                               initrd: initrd ? V.bytes("inputs/initrd.bin") : nil, cmdline: append) : nil
         let launch = SNPFirmwareLaunch(image: try OVMFImage(bytes: V.bytes(image)), measurement: SNPGuestMeasurement(
             vcpus: vcpus, vcpuSignature: try #require(SNPVCPUSignature.signature(named: vcpuType)), kernelHashes: hashes))
-        let fake = FakeKVM(profile: .snpHost)
-        let session = try LaunchSession(kvm: try KVM.open(using: fake), platform: .snp(SNPLaunchParameters()))
+        let session = try LaunchSession(kvm: try KVM.open(using: fake), platform: .snp(SNPLaunchParameters(finish: finish)))
         try session.createVCPUs(vcpus)
         for index in 0..<vcpus {
             let (regs, sregs) = try launch.resetState(vcpu: index)
@@ -46,12 +46,12 @@ import VMMCore
         try session.createMemory(at: 0, size: 256 << 20, slot: 0)
         try session.createMemory(at: launch.firmwareRange.start.rawValue, size: launch.firmwareRange.size, slot: 1)
         let result = try session.populate(try launch.plan())
-        return (result.expectedMeasurement, fake.launchMeasurement(of: session.vm), result.ledger)
+        return (result.expectedMeasurement, fake.launchMeasurement(of: session.vm), result.ledger, session.vm)
     }
 
     @Test(arguments: matrix)
     func everyImageVCPUCountAndTypeLaunchesToSevSnpMeasuresValue(_ testCase: MatrixCase) throws {
-        let (expected, firmware, _) = try Self.launch(
+        let (expected, firmware, _, _) = try Self.launch(
             image: testCase.image, vcpus: Int(testCase.value("--vcpus")!)!, vcpuType: testCase.value("--vcpu-type")!,
             kernel: testCase.value("--kernel") != nil, initrd: testCase.value("--initrd") != nil,
             append: testCase.value("--append"))

@@ -292,18 +292,18 @@ func pattern(_ pages: Int, seed: UInt8) -> [UInt8] {
         try guest.populate(pattern(1, seed: 4), at: 0)
         let vmsa = SNPVMSA(regs: try guest.vcpu.getRegs(), sregs: try guest.vcpu.getSregs(), sevFeatures: snpActive).page
         let digest = expectedSNPDigest([(0, 1, pattern(1, seed: 4)), (0xFFFF_FFFF_F000, 2, vmsa)])
-        func idBlock(_ digest: [UInt8]) -> [UInt8] {
-            var block = digest + [UInt8](repeating: 0, count: 48)
-            withUnsafeBytes(of: UInt64(0x30000)) { block.replaceSubrange(88..<96, with: $0) }
-            return block
+        let key = try SNPSigningKey(pemFile: MeasurementVectors.path("inputs/id-key.pem"))
+        func signed(_ digest: [UInt8]) throws -> SNPLaunchFinish {
+            let block = SNPIDBlock(launchDigest: SHA384Digest(bytes: digest))
+            let auth = try SNPIDAuth(signing: block, idKey: key, authorKey: key)
+            return SNPLaunchFinish(idBlock: block.bytes, idAuth: auth.bytes, hostData: Array(repeating: 7, count: 32))
         }
-        let auth = [UInt8](repeating: 0, count: 4096)
-        let wrong = kvmError { try guest.snp.launchFinish(SNPLaunchFinish(idBlock: idBlock([UInt8](repeating: 1, count: 48)), idAuth: auth)) }
-        #expect(wrong?.firmwareError == 0x0B)
+        let wrong = try signed([UInt8](repeating: 1, count: 48))
+        #expect(kvmError { try guest.snp.launchFinish(wrong) }?.firmwareError == 0x0B)
         let fresh = try FakeSNPGuest()
         try fresh.makePrivate(0, 0x1000)
         try fresh.populate(pattern(1, seed: 4), at: 0)
-        try fresh.snp.launchFinish(SNPLaunchFinish(idBlock: idBlock(digest), idAuth: auth, hostData: Array(repeating: 7, count: 32)))
+        try fresh.snp.launchFinish(try signed(digest))
         #expect(fresh.fake.snpReportFields(of: fresh.vm)?.idBlock == true)
         #expect(fresh.fake.snpReportFields(of: fresh.vm)?.hostData == Array(repeating: 7, count: 32))
     }
