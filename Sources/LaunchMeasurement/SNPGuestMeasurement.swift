@@ -206,6 +206,8 @@ public enum SNPMeasurementError: Error, Equatable, Sendable, CustomStringConvert
     case noAPResetAddress(vcpus: Int)
     case metadataTooLarge(pages: UInt64, sections: Int)
     case tooManyVCPUs(Int)
+    /// A launch (not a measurement: sev-snp-measure measures such an image) needs the SEV metadata.
+    case noSEVMetadata
 
     public var description: String {
         func describe(_ index: Int, _ section: SEVMetadataSection) -> String {
@@ -234,6 +236,9 @@ public enum SNPMeasurementError: Error, Equatable, Sendable, CustomStringConvert
             return "the \(sections) SEV metadata sections ask for \(pages) pages (0x\(String(pages * 4096, radix: 16)) bytes) to be measured; at most 4 GiB is accepted"
         case .tooManyVCPUs(let vcpus):
             return "\(vcpus) vCPUs is more than the \(SNPGuestMeasurement.maximumVCPUs) a KVM guest can have"
+        case .noSEVMetadata:
+            return "the image has no SEV metadata (no OVMF_SEV_META_DATA entry in its footer table), so it names no CPUID "
+                + "or secrets page; an SEV-SNP launch needs them, and QEMU refuses such an image too"
         case .noAPResetAddress(let vcpus):
             return "the OVMF SEV_ES_RESET_BLOCK gives AP reset address 0, so no AP VMSA exists for \(vcpus) vCPUs"
         }

@@ -23,10 +23,14 @@ public struct SNPFirmwareLaunch: Sendable {
     /// The guest-physical range the firmware occupies, below 4 GiB.
     public var firmwareRange: GuestRange { GuestRange(start: image.loadAddress, size: UInt64(image.bytes.count)) }
 
-    /// The plan, in measurement order.
+    /// The plan, in measurement order. An image without SEV metadata is
+    /// refused, as QEMU's sev_snp_launch_finish refuses it: the guest would
+    /// have no CPUID or secrets page.
     public func plan() throws(SNPMeasurementError) -> LaunchPlan {
+        let steps = try measurement.launchSteps(for: image)
+        guard image.sevMetadata != nil else { throw .noSEVMetadata }
         var regions: [PlanRegion] = []
-        for (index, step) in try measurement.launchSteps(for: image).enumerated() {
+        for (index, step) in steps.enumerated() {
             let range = GuestRange(start: step.gpa, size: step.pageCount * pageSize)
             let contents: RegionContents = switch step.source {
             case .firmware(let offset): .bytes(Array(image.bytes[offset..<(offset + Int(range.size))]))

@@ -162,3 +162,31 @@ import VMMCore
         #expect(result.stderr.contains(mentions) && result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
     }
 }
+
+/// A firmware launch refuses images it cannot launch as QEMU would, in one
+/// line with exit status 2, before any VM exists.
+@Suite struct FirmwareLaunchBadInputTests {
+    typealias V = MeasurementVectors
+
+    @Test(arguments: [
+        ("no-sev-metadata.fd", [], "the image has no SEV metadata (no OVMF_SEV_META_DATA entry"),
+        ("wrong-metadata-signature.fd", [], "Wrong SEV metadata signature"),
+        ("unknown-section-type.fd", [], "unknown OVMF metadata section type 5"),
+        (V.bookworm, ["--kernel", "inputs/kernel.bin"], "Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section"),
+        ("inputs/kernel.bin", [], "is not a multiple of 4096 bytes"),
+    ] as [(String, [String], String)])
+    func aFirmwareTheLaunchCannotUseIsAOneLineUsageError(image: String, extra: [String], mentions: String) throws {
+        let result = try SNPVMMExecutable.run(["run", "--firmware", try V.path(image), "--platform", "snp", "--emulate",
+                                               "--launch-only", "--vcpu-type", "EPYC"] + extra)
+        #expect(result.status == 2)
+        #expect(result.stdout.isEmpty)
+        #expect(result.stderr.contains(mentions) && result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+    }
+
+    @Test func measureStillMeasuresAnImageWithoutSEVMetadataAsSevSnpMeasureDoes() throws {
+        let vector = V.snpCase("no-sev-metadata")
+        let result = try SNPVMMExecutable.run(["measure"] + vector.args + ["--ovmf", try V.path("no-sev-metadata.fd")])
+        #expect(result.status == 0)
+        #expect(result.stdout == vector.stdout)
+    }
+}
