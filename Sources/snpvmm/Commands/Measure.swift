@@ -42,6 +42,12 @@ enum MeasureCommand {
         cca                 the realm initial measurement (RMM v2.0) of a QEMU-virt style direct
                             boot: Image at the RAM base (default 0x40000000), initrd, DTB, one REC
 
+        A reference-value matrix (extensions of sev-snp-measure's flags): --vcpus takes a
+        range or list (1-16, 1,2,4,8) and --vcpu-type several names (EPYC-Milan,EPYC-Genoa);
+        one line per combination, or with --json one record each. --idkey PEM --authorkey PEM
+        with --json add each record's ID block as snpvmm id-block makes it (id_block,
+        id_auth, id_key_hash, author_key).
+
         vCPU types: \(SNPVCPUSignature.types.map(\.name).joined(separator: ", "))
         Exit status: 0 on success, 1 when the inputs cannot be measured, 2 for a usage error.
         """
@@ -89,7 +95,8 @@ enum MeasureCommand {
         if mode == "sev" {
             return try measureSEV(values, vcpus: 0, signature: 0, vmmType: .qemu, kernel: kernel, initrd: initrd, append: append)
         }
-        if mode == "snp", values["--json"] != nil || (values["--vcpu-type"] ?? "").contains(",")
+        if mode == "snp", values["--json"] != nil || values["--idkey"] != nil || values["--authorkey"] != nil
+            || (values["--vcpu-type"] ?? "").contains(",")
             || values["--vcpus"].flatMap(vcpuCounts).map({ $0.count > 1 }) == true {
             return try measureMatrix(values, kernel: kernel, initrd: initrd, append: append)
         }
@@ -178,6 +185,14 @@ enum MeasureCommand {
                                      cmdline: append)
         }
         let guestFeatures = values["--guest-features"].map { PythonInteger($0, autoBase: true)!.wrapped } ?? 0x1
+        // With keys, each record carries the ID block QEMU's id-block and id-auth take for it.
+        var keys: (id: SNPSigningKey, author: SNPSigningKey)?
+        if values["--idkey"] != nil || values["--authorkey"] != nil {
+            guard let idKey = values["--idkey"], let authorKey = values["--authorkey"], values["--json"] != nil else {
+                throw UsageError("ID blocks take --idkey PEM and --authorkey PEM together, with --json")
+            }
+            keys = (try SNPSigningKey(pemFile: idKey), try SNPSigningKey(pemFile: authorKey))
+        }
         var records: [String] = []
         for type in types {
             for vcpus in counts {
@@ -186,9 +201,15 @@ enum MeasureCommand {
                                                       firmwareDigest: firmware)
                 let digest = try measurement.launchDigest(for: image).bytes
                 let text = values["--output-format"] == "base64" ? Base64.encode(digest) : Hex.encode(digest)
-                records.append(values["--json"] != nil
-                    ? "{\"vcpus\": \(vcpus), \"vcpu_type\": \(jsonString(type)), \"measurement\": \(jsonString(text))}"
-                    : "\(vcpus) \(type) \(text)")
+                var record = "{\"vcpus\": \(vcpus), \"vcpu_type\": \(jsonString(type)), \"measurement\": \(jsonString(text))"
+                if let keys {
+                    let block = SNPIDBlock(launchDigest: SHA384Digest(bytes: digest))
+                    let auth = try SNPIDAuth(signing: block, idKey: keys.id, authorKey: keys.author)
+                    record += ", \"id_block\": \"\(Base64.encode(block.bytes))\", \"id_auth\": \"\(Base64.encode(auth.bytes))\""
+                        + ", \"id_key_hash\": \"\(Base64.encode(keys.id.publicKeyDigest.bytes))\""
+                        + ", \"author_key\": \"\(Base64.encode(keys.author.publicKeyDigest.bytes))\""
+                }
+                records.append(values["--json"] != nil ? record + "}" : "\(vcpus) \(type) \(text)")
             }
         }
         print(values["--json"] != nil ? "[\n  " + records.joined(separator: ",\n  ") + "\n]" : records.joined(separator: "\n"))
@@ -441,6 +462,8 @@ struct MeasureArguments {
         Option(names: ["--pmu-num-ctrs"], takesValue: true),
         Option(names: ["--lpa2"], takesValue: false),
         Option(names: ["--json"], takesValue: false),
+        Option(names: ["--idkey"], takesValue: true),
+        Option(names: ["--authorkey"], takesValue: true),
     ]
 
     /// Parses `arguments` into option values keyed by each option's long name,

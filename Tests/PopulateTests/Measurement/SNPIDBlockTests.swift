@@ -174,6 +174,28 @@ import Testing
         #expect(result.stderr.contains(mentions) && result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
     }
 
+    @Test func theMeasurementMatrixCarriesEachCombinationsIDBlock() throws {
+        let signed = Self.cases[0]
+        let result = try SNPVMMExecutable.run([
+            "measure", "--mode", "snp", "--ovmf", Self.signedLaunch.image, "--vcpus", "1-2", "--vcpu-type", "EPYC", "--json",
+            "--idkey", signed.value("--idkey"), "--authorkey", signed.value("--authorkey"),
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        struct Record: Decodable { let vcpus: Int; let measurement: String; let id_block, id_auth, id_key_hash, author_key: String }
+        let records = try JSONDecoder().decode([Record].self, from: Data(result.stdout.utf8))
+        try #require(records.count == 2)
+        #expect(Base64.decode(records[0].id_block) == signed.block)
+        let lines = signed.stdout.split(separator: "\n")
+        #expect(lines[1] == "id_key_hash: " + records[0].id_key_hash)
+        #expect(lines[2] == "author_key: " + records[0].author_key)
+        #expect(Self.launchStatus(block: Base64.decode(records[0].id_block)!, auth: Base64.decode(records[0].id_auth)!,
+                                  authorKey: true) == nil)
+        // The two-vCPU record signs its own measurement, which the one-vCPU launch refuses.
+        #expect(Array(Base64.decode(records[1].id_block)!.prefix(48)) == Hex.decode(records[1].measurement))
+        #expect(Self.launchStatus(block: Base64.decode(records[1].id_block)!, auth: Base64.decode(records[1].id_auth)!,
+                                  authorKey: true) == .badMeasurement)
+    }
+
     // MARK: snpvmm run --id-block --id-auth
 
     static func runSigned(_ block: [UInt8], _ auth: [UInt8], _ extra: [String] = []) throws -> SNPVMMExecutable.Result {
