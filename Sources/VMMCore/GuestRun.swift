@@ -22,6 +22,9 @@ public struct RunOptions: Equatable, Sendable {
     public var idBlock: [UInt8]?
     public var idAuth: [UInt8]?
     public var authorKeyEnabled = false
+    /// `--no-reboot`: a confidential guest's reset ends the run instead of
+    /// launching a new VM from the same plan.
+    public var noReboot = false
 
     public var kernel: String = ""
     public var initrd: String?

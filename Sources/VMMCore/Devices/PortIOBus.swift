@@ -13,6 +13,28 @@ public enum RunEnd: Equatable, Sendable {
     case haltedWithInterruptsOff
     /// KVM reported a system event (`KVM_EXIT_SYSTEM_EVENT`): 1 shutdown, 2 reset, 3 crash.
     case systemEvent(type: UInt32)
+
+    /// The guest asked to be reset: through the i8042, by a triple fault, or
+    /// with a reset system event (KVM_SYSTEM_EVENT_RESET, 2). QEMU resets the
+    /// machine on each (qemu_system_reset_request) unless -no-reboot is given.
+    public var isReset: Bool {
+        switch self {
+        case .i8042Reset, .tripleFault: true
+        case .systemEvent(let type): type == 2
+        case .debugExit, .haltedWithInterruptsOff: false
+        }
+    }
+
+    /// How the run ended, for a log line.
+    public var summary: String {
+        switch self {
+        case .debugExit(let value): "isa-debug-exit \(value)"
+        case .i8042Reset: "i8042 reset"
+        case .tripleFault: "triple fault (KVM_EXIT_SHUTDOWN)"
+        case .haltedWithInterruptsOff: "every vCPU halted with interrupts off"
+        case .systemEvent(let type): "KVM_EXIT_SYSTEM_EVENT type \(type)"
+        }
+    }
 }
 
 /// A device on the x86 port I/O bus. Accesses arrive one at a time under

@@ -32,7 +32,7 @@ enum RunCommand {
     static let help = """
         usage: snpvmm run --kernel FILE [--initrd FILE] [--append STR] [--memory SIZE]
                           [--cpus N] [--platform plain|snp|tdx|cca] [--emulate] [--ledger FILE]
-                          [--ram auto|guest_memfd|memfd]
+                          [--ram auto|guest_memfd|memfd] [--no-reboot]
            snpvmm run --plan FILE --platform snp|tdx|cca --launch-only [--emulate] [--cpus N]
                       [--vcpu-type NAME] [--memory SIZE] [--ledger FILE]
            snpvmm run --firmware OVMF.fd --platform snp --launch-only --vcpu-type NAME [--emulate]
@@ -70,6 +70,9 @@ enum RunCommand {
                             guest_memfd where the host offers it, saying so on
                             standard error when it does not). A real snp launch
                             always uses guest_memfd
+          --no-reboot       end the run when a confidential guest resets; without it,
+                            snpvmm destroys the VM and launches a new one from the
+                            same plan, as QEMU does for SNP and TDX guests
           --firmware FILE   an OVMF image launched as QEMU's -bios does for SEV-SNP: the
                             image ending at 4 GiB, its SEV metadata sections, the
                             hashes of --kernel, --initrd and --append where the image
@@ -96,7 +99,8 @@ enum RunCommand {
 
         The run ends when the guest writes v to port 0xf4 (exit status (v << 1) | 1),
         resets through the i8042, triple-faults, or has every vCPU halted with
-        interrupts off (exit status 0). Exit status 1: the host cannot run the guest;
+        interrupts off (exit status 0). A confidential guest's reset (--platform snp,
+        tdx or cca) launches it again instead, unless --no-reboot is given. Exit status 1: the host cannot run the guest;
         2: the command line or an image is wrong.
         """
 
@@ -139,17 +143,25 @@ enum RunCommand {
         } catch {
             fail("\(error)")
         }
-        let end: RunEnd
+        var end: RunEnd
         do {
             // The CPUID table comes from the host's CPUID without the firmware's
             // policy applied, so a real SNP launch takes the values the firmware
             // accepts; each one it changes is printed.
             var engine = PopulateOptions()
             engine.acceptCorrectedPages = true
-            end = try GuestRun.boot(setup, options: options, ram: ram, kvm: kvm, output: StandardOutput.write,
-                                    engine: engine, log: StandardError.log) { (slots) throws(PopulateFailure) in
-                try EmulatedLaunch.perform(setup, platform: options.platform, memorySize: options.memory, cpus: options.cpus,
-                                           slots: slots, ledgerPath: options.ledger)
+            while true {
+                end = try GuestRun.boot(setup, options: options, ram: ram, kvm: kvm, output: StandardOutput.write,
+                                        engine: engine, log: StandardError.log) { (slots) throws(PopulateFailure) in
+                    try EmulatedLaunch.perform(setup, platform: options.platform, memorySize: options.memory, cpus: options.cpus,
+                                               slots: slots, ledgerPath: options.ledger)
+                }
+                // A confidential guest's memory cannot be reset in place: its pages
+                // are private and its launch is finished. As QEMU does for SNP and
+                // TDX guests, the VM is destroyed and a new one launched from the
+                // same plan, which measures the same.
+                guard end.isReset, options.platform != .plain, !options.noReboot else { break }
+                StandardError.log("the guest reset (\(end.summary)); launching a new VM from the same plan (--no-reboot ends the run instead)")
             }
         } catch {
             fail(error.isUsage ? "run: \(error.description)" : error.description, status: error.isUsage ? .usage : .failure)
@@ -178,7 +190,7 @@ enum RunCommand {
         OptionSpec(names: ["--launch-only"], takesValue: false), OptionSpec(names: ["--vcpu-type"], takesValue: true),
         OptionSpec(names: ["--guest-features"], takesValue: true), OptionSpec(names: ["--plan"], takesValue: true),
         OptionSpec(names: ["--id-block"], takesValue: true), OptionSpec(names: ["--id-auth"], takesValue: true),
-        OptionSpec(names: ["--author-key-enabled"], takesValue: false),
+        OptionSpec(names: ["--author-key-enabled"], takesValue: false), OptionSpec(names: ["--no-reboot"], takesValue: false),
     ], dialect: .snpvmm(command: "run"))
 
     /// Reads the command line; `--flag value` and `--flag=value` both work.
@@ -194,6 +206,7 @@ enum RunCommand {
         options.append = given["--append"] ?? ""
         options.ledger = given["--ledger"]
         options.emulate = given.has("--emulate")
+        options.noReboot = given.has("--no-reboot")
         if let text = given["--memory"] { options.memory = try parseMemorySize(text) }
         if let text = given["--cpus"] {
             guard let cpus = Int(text), (1...MPTable.maximumCPUs).contains(cpus) else {

@@ -178,6 +178,45 @@ struct RunCLITests {
         #expect(lines.last?.contains("\"measurement\":\"\(measurement)\"") == true)
     }
 
+    /// `mov $0xfe, %al; out %al, $0x64; hlt`: a reset through the i8042 on every boot.
+    static let resetThroughI8042: [UInt8] = [0xB0, 0xFE, 0xE6, 0x64, 0xF4]
+    /// `ud2` with no IDT: a triple fault on every boot.
+    static let tripleFault: [UInt8] = [0x0F, 0x0B]
+
+    /// A confidential guest that resets is launched again in a new VM from
+    /// the same plan, which the emulated firmware measures the same, as
+    /// often as it resets (QEMU reboots forever too; the test stops it).
+    @Test(.requiresKVM(.kvm), arguments: [("snp", resetThroughI8042, "i8042 reset"),
+                                          ("tdx", tripleFault, "triple fault (KVM_EXIT_SHUTDOWN)"),
+                                          ("cca", resetThroughI8042, "i8042 reset")])
+    func aConfidentialGuestThatResetsIsLaunchedAgainWithTheSameMeasurement(platform: String, code: [UInt8], reason: String) throws {
+        let path = try directory.write("reset.elf", ELFBuilder.pvh(code).build())
+        let prefix = "snpvmm: emulated \(platform) launch measurement "
+        let (output, found) = try Snpvmm.runUntil(["run", "--kernel", path, "--platform", platform, "--emulate"],
+                                                  marker: prefix, occurrences: 3, standardError: true, timeout: 30)
+        #expect(found, "\(output)")
+        let measurements = output.split(separator: "\n").filter { $0.hasPrefix(prefix) }.map { $0.dropFirst(prefix.count) }
+        #expect(measurements.count >= 3)
+        #expect(Set(measurements).count == 1, "every launch from the same plan measures the same")
+        let relaunch = "snpvmm: the guest reset (\(reason)); launching a new VM from the same plan (--no-reboot ends the run instead)"
+        #expect(output.components(separatedBy: relaunch).count - 1 >= 2, "\(output)")
+    }
+
+    @Test(.requiresKVM(.kvm))
+    func noRebootEndsTheRunAtAConfidentialGuestsFirstReset() throws {
+        let path = try directory.write("reset.elf", ELFBuilder.pvh(Self.resetThroughI8042).build())
+        let outcome = try Snpvmm.run(["run", "--kernel", path, "--platform", "snp", "--emulate", "--no-reboot"])
+        #expect(outcome.status == 0)
+        #expect(outcome.stderr.components(separatedBy: "launch measurement ").count == 2, "one launch: \(outcome.stderr)")
+        #expect(!outcome.stderr.contains("launching a new VM"))
+    }
+
+    @Test(.requiresKVM(.kvm))
+    func aPlainGuestsResetEndsTheRunAsBefore() throws {
+        let path = try directory.write("reset.elf", ELFBuilder.pvh(Self.resetThroughI8042).build())
+        #expect(try Snpvmm.run(["run", "--kernel", path]) == Snpvmm.Outcome(stdout: "", stderr: Snpvmm.ramNote, status: 0))
+    }
+
     @Test(.requiresKVM(.kvm))
     func confidentialPlatformOnAHostWithoutItNamesWhatIsMissing() throws {
         let offered = try KVMHost.open().capabilities().vmTypes

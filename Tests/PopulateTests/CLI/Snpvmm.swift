@@ -52,16 +52,23 @@ enum Snpvmm {
                        status: process.terminationStatus)
     }
 
-    /// Starts snpvmm, reads its standard output until `marker` appears or
-    /// `timeout` seconds pass, then stops it. Returns the output and whether
-    /// the marker appeared.
-    static func runUntil(_ arguments: [String], marker: String, timeout: Double) throws -> (output: String, found: Bool) {
+    /// Starts snpvmm, reads its standard output (or, with `standardError`,
+    /// its standard error) until `marker` has appeared `occurrences` times or
+    /// `timeout` seconds pass, then stops it. Returns what it read and
+    /// whether the marker appeared as often as asked.
+    static func runUntil(_ arguments: [String], marker: String, occurrences: Int = 1, standardError: Bool = false,
+                         timeout: Double) throws -> (output: String, found: Bool) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
         let stdout = Pipe()
-        process.standardOutput = stdout
-        process.standardError = FileHandle.nullDevice
+        if standardError {
+            process.standardError = stdout
+            process.standardOutput = FileHandle.nullDevice
+        } else {
+            process.standardOutput = stdout
+            process.standardError = FileHandle.nullDevice
+        }
         process.standardInput = FileHandle.nullDevice
         try process.run()
         let collector = Collector()
@@ -77,7 +84,7 @@ enum Snpvmm {
         let deadline = Date().addingTimeInterval(timeout)
         var found = false
         while Date() < deadline && !collector.isDone {
-            if String(decoding: collector.data, as: UTF8.self).contains(marker) {
+            if String(decoding: collector.data, as: UTF8.self).components(separatedBy: marker).count > occurrences {
                 found = true
                 break
             }
@@ -88,7 +95,7 @@ enum Snpvmm {
         process.waitUntilExit()
         while !collector.isDone { usleep(1000) }
         let output = String(decoding: collector.data, as: UTF8.self)
-        return (output, found || output.contains(marker))
+        return (output, found || output.components(separatedBy: marker).count > occurrences)
     }
 
     private final class Collector: Sendable {
