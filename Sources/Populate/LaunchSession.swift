@@ -67,9 +67,14 @@ public struct TDXLaunchParameters: Sendable {
     public var mrConfigID: [UInt8], mrOwner: [UInt8], mrOwnerConfig: [UInt8]
     /// The CPUID the TD's vCPUs get.
     public var cpuid: [kvm_cpuid_entry2]
+    /// RCX of every vCPU at its first entry (KVM_TDX_INIT_VCPU's data): the
+    /// address of the TD hand-off block list, as QEMU passes it to TDVF.
+    public var handOffAddress: UInt64
 
     public init(attributes: TDXAttributes = [], xfam: TDXXFAM = .required, mrConfigID: [UInt8] = [],
-                mrOwner: [UInt8] = [], mrOwnerConfig: [UInt8] = [], cpuid: [kvm_cpuid_entry2] = []) {
+                mrOwner: [UInt8] = [], mrOwnerConfig: [UInt8] = [], cpuid: [kvm_cpuid_entry2] = [],
+                handOffAddress: UInt64 = 0) {
+        self.handOffAddress = handOffAddress
         self.attributes = attributes
         self.xfam = xfam
         self.mrConfigID = mrConfigID
@@ -239,7 +244,7 @@ public final class LaunchSession {
         do {
             for _ in 0..<count {
                 let vcpu = try vm.createVCPU(id: UInt32(vcpus.count + created.count))
-                if case .tdx = platform { try TDX(vm: vm).initVCPU(vcpu) }
+                if case .tdx(let parameters) = platform { try TDX(vm: vm).initVCPU(vcpu, rcx: parameters.handOffAddress) }
                 created.append(vcpu)
             }
         } catch {
@@ -253,8 +258,8 @@ public final class LaunchSession {
     /// Adopts vCPUs the caller created; TD vCPUs not yet `initialised` get KVM_TDX_INIT_VCPU.
     public func adoptVCPUs(_ adopted: [VCPU], initialised: Bool) throws(LaunchError) {
         guard stage < .populated else { throw .outOfOrder(step: "adopting vCPUs", needs: "a launch not yet populated") }
-        if case .tdx = platform, !initialised {
-            do { for vcpu in adopted { try TDX(vm: vm).initVCPU(vcpu) } } catch { throw .kvm(error) }
+        if case .tdx(let parameters) = platform, !initialised {
+            do { for vcpu in adopted { try TDX(vm: vm).initVCPU(vcpu, rcx: parameters.handOffAddress) } } catch { throw .kvm(error) }
         }
         vcpus += adopted
         stage = max(stage, .vcpusCreated)

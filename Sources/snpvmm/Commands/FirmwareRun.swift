@@ -14,6 +14,44 @@ import VMMCore
 /// error, and the ledger where asked.
 enum FirmwareRun {
     static func run(_ options: RunOptions) -> ExitCode {
+        options.platform == .tdx ? runTDX(options) : runSNP(options)
+    }
+
+    /// `--platform tdx`: the TDVF launch QEMU makes, on the emulated TDX
+    /// module (`--emulate`) or this host's KVM; MRTD is printed as
+    /// `snpvmm measure --mode tdx` prints it.
+    static func runTDX(_ options: RunOptions) -> ExitCode {
+        let launch: TDXFirmwareLaunch
+        let plan: LaunchPlan
+        do {
+            let bytes = try FileBytes.read(options.firmware!)
+            launch = TDXFirmwareLaunch(image: try TDVFImage(bytes: bytes), memorySize: options.memory)
+            plan = try launch.plan()
+        } catch {
+            fail("run: \(options.firmware!): \(error)", status: .usage)
+        }
+        do {
+            let fake = options.emulate ? FakeKVM(profile: .tdxHost) : nil
+            let kvm = try KVM.open(using: fake ?? (try FeatureHidingKernel.hostKernel()))
+            let parameters = TDXLaunchParameters(handOffAddress: try launch.handOffAddress())
+            let session = try LaunchSession(kvm: kvm, platform: .tdx(parameters))
+            try session.createVCPUs(options.cpus)
+            try session.createMemory(at: 0, size: options.memory, slot: 0)
+            try session.createMemory(at: launch.firmwareRange.start.rawValue, size: launch.firmwareRange.size, slot: 1)
+            var engine = PopulateOptions()
+            engine.log = StandardError.log
+            engine.observer = fake?.observer(of: session.vm)
+            let result = try session.populate(plan, options: engine)
+            try LaunchReport.print(result, label: options.emulate ? "emulated tdx firmware" : "tdx firmware",
+                                   ledgerPath: options.ledger, log: StandardError.log)
+            print(Hex.encode(result.expectedMeasurement ?? []))
+            return .success
+        } catch {
+            fail("run: \(error)")
+        }
+    }
+
+    static func runSNP(_ options: RunOptions) -> ExitCode {
         let image: OVMFImage
         var hashes: SEVKernelHashes?
         do {

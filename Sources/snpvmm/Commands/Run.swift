@@ -35,6 +35,8 @@ enum RunCommand {
                           [--ram auto|guest_memfd|memfd] [--no-reboot]
            snpvmm run --plan FILE --platform snp|tdx|cca --launch-only [--emulate] [--cpus N]
                       [--vcpu-type NAME] [--memory SIZE] [--ledger FILE]
+           snpvmm run --firmware TDVF.fd --platform tdx --launch-only [--emulate] [--cpus N]
+                      [--memory SIZE] [--ledger FILE]
            snpvmm run --firmware OVMF.fd --platform snp --launch-only --vcpu-type NAME [--emulate]
                       [--cpus N] [--memory SIZE] [--guest-features V] [--ledger FILE]
                       [--kernel FILE [--initrd FILE] [--append STR]]
@@ -78,7 +80,10 @@ enum RunCommand {
                             hashes of --kernel, --initrd and --append where the image
                             has a kernel-hashes section, one VMSA per vCPU of
                             --vcpu-type; with --launch-only the launch measurement is
-                            printed as sev-snp-measure prints it
+                            printed as sev-snp-measure prints it. With --platform tdx,
+                            a TDVF image launched as QEMU does: its BFV and CFV (MR.EXTEND
+                            where marked), TD_HOB holding the hand-off list of guest RAM,
+                            TEMP_MEM zeros; MRTD is printed as measure --mode tdx prints it
           --plan FILE       a launch plan in plan-text format, launched as it is on the
                             platform: nothing added but the VMSAs (SNP, vCPUs in
                             their reset state) or the boot REC (CCA); with
@@ -250,7 +255,7 @@ enum RunCommand {
             return options
         }
         if options.firmware != nil {
-            try checkFirmwareOptions(options, kernel: kernel)
+            try checkFirmwareOptions(options, kernel: kernel, given: given)
             options.kernel = kernel ?? ""
             return options
         }
@@ -294,10 +299,27 @@ enum RunCommand {
         options.authorKeyEnabled = given.has("--author-key-enabled")
     }
 
-    /// What a firmware launch needs: SEV-SNP, a vCPU type for the VMSAs, and
-    /// `--launch-only`, as no host of this kind runs OVMF in useful time.
-    static func checkFirmwareOptions(_ options: RunOptions, kernel: String?) throws(UsageError) {
-        guard options.platform == .snp else { throw UsageError("--firmware launches an SEV-SNP guest from OVMF; give --platform snp") }
+    /// What a firmware launch needs: SEV-SNP with a vCPU type for the VMSAs,
+    /// or TDX, and `--launch-only`, as no host of this kind runs firmware in
+    /// useful time.
+    static func checkFirmwareOptions(_ options: RunOptions, kernel: String?, given: ParsedArguments) throws(UsageError) {
+        if options.platform == .tdx {
+            for flag in ["--vcpu-type", "--guest-features"] where given.has(flag) {
+                throw UsageError("\(flag) sets what SEV-SNP VMSAs hold; a TD's vCPUs start as the TDX module sets them")
+            }
+            guard kernel == nil, options.initrd == nil, options.append.isEmpty else {
+                throw UsageError("--kernel, --initrd and --append are measured into an SEV-SNP launch only; TDVF reads a "
+                                 + "kernel through fw_cfg, outside MRTD")
+            }
+            guard options.launchOnly else {
+                throw UsageError("--firmware runs TDVF, which needs a vCPU that executes firmware quickly; this host's "
+                                 + "guest kernel code is emulated, so give --launch-only to launch and measure it")
+            }
+            return
+        }
+        guard options.platform == .snp else {
+            throw UsageError("--firmware launches an SEV-SNP guest from OVMF or a TD from TDVF; give --platform snp or tdx")
+        }
         guard let type = options.vcpuType else {
             throw UsageError("--firmware needs --vcpu-type NAME, the CPU model whose signature the VMSAs carry")
         }

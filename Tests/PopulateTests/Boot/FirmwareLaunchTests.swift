@@ -151,7 +151,7 @@ import VMMCore
     }
 
     @Test(arguments: [
-        (["--platform", "tdx"], "--firmware launches an SEV-SNP guest from OVMF; give --platform snp"),
+        (["--platform", "cca"], "--firmware launches an SEV-SNP guest from OVMF or a TD from TDVF; give --platform snp or tdx"),
         (["--platform", "snp", "--launch-only"], "--firmware needs --vcpu-type NAME"),
         (["--platform", "snp", "--vcpu-type", "EPYC"], "give --launch-only to launch and measure it"),
         (["--platform", "snp", "--vcpu-type", "i486", "--launch-only"], "--vcpu-type 'i486' is not one of"),
@@ -188,5 +188,96 @@ import VMMCore
         let result = try SNPVMMExecutable.run(["measure"] + vector.args + ["--ovmf", try V.path("no-sev-metadata.fd")])
         #expect(result.status == 0)
         #expect(result.stdout == vector.stdout)
+    }
+}
+
+/// A TD launched from TDVF as QEMU launches it, on the fake's TDX module:
+/// MRTD equals td-shim's value for the same image (tdx-vectors.json) and
+/// `measure --mode tdx`, and TD_HOB describes guest RAM.
+@Suite struct TDXFirmwareLaunchTests {
+    typealias V = MeasurementVectors
+
+    @Test(arguments: V.tdx.map(\.image))
+    func theEmulatedTDVFLaunchEndsWithTdShimsMRTD(_ image: String) throws {
+        let expected = try #require(V.tdx.first { $0.image == image }).mrtd
+        let launch = TDXFirmwareLaunch(image: try TDVFImage(bytes: V.bytes(image)), memorySize: 256 << 20)
+        let fake = FakeKVM(profile: .tdxHost)
+        let session = try LaunchSession(kvm: try KVM.open(using: fake),
+                                        platform: .tdx(TDXLaunchParameters(handOffAddress: try launch.handOffAddress())))
+        try session.createVCPUs(2)
+        try session.createMemory(at: 0, size: 256 << 20, slot: 0)
+        try session.createMemory(at: launch.firmwareRange.start.rawValue, size: launch.firmwareRange.size, slot: 1)
+        let result = try session.populate(try launch.plan())
+        #expect(Hex.encode(try #require(result.expectedMeasurement)) == expected)
+        #expect(Hex.encode(try #require(fake.launchMeasurement(of: session.vm))) == expected)
+    }
+
+    @Test(arguments: V.tdx.map(\.image))
+    func runFirmwareTDXPrintsWhatMeasureModeTDXPrints(_ image: String) throws {
+        let expected = try #require(V.tdx.first { $0.image == image }).mrtd
+        let ledger = FileManager.default.temporaryDirectory.appendingPathComponent("tdvf-\(UUID().uuidString).jsonl").path
+        defer { try? FileManager.default.removeItem(atPath: ledger) }
+        let run = try SNPVMMExecutable.run(["run", "--firmware", image, "--platform", "tdx", "--emulate", "--launch-only",
+                                            "--cpus", "4", "--ledger", ledger])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stdout == expected + "\n")
+        let measure = try SNPVMMExecutable.run(["measure", "--mode", "tdx", "--tdvf", image])
+        #expect(measure.stdout == run.stdout)
+        let last = try #require(try String(contentsOfFile: ledger, encoding: .utf8).split(separator: "\n").last)
+        #expect(last.contains("\"measurement\":\"\(expected)\""))
+    }
+
+    /// Walks the hand-off block list by the UEFI PI spec's HOB headers.
+    @Test func theHandOffListDescribesGuestRAMWithTheAddedSectionsAccepted() throws {
+        let image = try TDVFImage(bytes: V.bytes(V.bookworm))
+        let memory: UInt64 = 256 << 20
+        let launch = TDXFirmwareLaunch(image: image, memorySize: memory)
+        let address = try launch.handOffAddress()
+        let hobSection = try #require(image.sections.first { $0.type == .tdHOB })
+        #expect(address == hobSection.memoryAddress)
+        let list = launch.handOffBlocks(at: address)
+        func u16(_ at: Int) -> UInt16 { UInt16(list[at]) | UInt16(list[at + 1]) << 8 }
+        func u32(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(list[at + $1]) << (8 * $1) } }
+        func u64(_ at: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(list[at + $1]) << (8 * $1) } }
+        #expect(u16(0) == 0x0001)  // PHIT first
+        var offset = Int(u16(2)), resources: [(start: UInt64, size: UInt64, type: UInt32)] = []
+        while u16(offset) != 0xFFFF {
+            #expect(u16(offset) == 0x0003)
+            resources.append((u64(offset + 32), u64(offset + 40), u32(offset + 24)))
+            offset += Int(u16(offset + 2))
+        }
+        #expect(u64(48) == address + UInt64(offset), "EfiEndOfHobList names the end HOB")
+        #expect(offset + 8 == list.count)
+        // The resources tile [0, memory) in order.
+        #expect(resources.first?.start == 0)
+        for (previous, next) in zip(resources, resources.dropFirst()) { #expect(previous.start + previous.size == next.start) }
+        #expect(resources.last.map { $0.start + $0.size } == memory)
+        // Accepted (system memory, 0) exactly where TEMP_MEM and TD_HOB pages were added.
+        var added = Set<UInt64>()
+        for section in image.sections where section.type == .tempMem || section.type == .tdHOB {
+            for page in 0..<(section.memoryDataSize / 4096) { added.insert(section.memoryAddress + page * 4096) }
+        }
+        var accepted = Set<UInt64>()
+        for resource in resources where resource.type == 0 {
+            for page in 0..<(resource.size / 4096) { accepted.insert(resource.start + page * 4096) }
+        }
+        #expect(accepted == added)
+        #expect(resources.allSatisfy { $0.type == 0 || $0.type == 7 })
+    }
+
+    @Test(arguments: [
+        (["--firmware", "inputs/kernel.bin", "--launch-only"], "Cannot find the TDX metadata offset entry"),
+        (["--firmware", V.bookworm, "--launch-only", "--memory", "4M"],
+         "TDVF section 2 at [0x810000, 0x820000) lies outside the 4 MiB of guest RAM"),
+        (["--firmware", V.bookworm, "--launch-only", "--vcpu-type", "EPYC"], "--vcpu-type sets what SEV-SNP VMSAs hold"),
+        (["--firmware", V.bookworm, "--launch-only", "--kernel", "inputs/kernel.bin"],
+         "--kernel, --initrd and --append are measured into an SEV-SNP launch only"),
+        (["--firmware", V.bookworm], "--firmware runs TDVF, which needs a vCPU that executes firmware quickly"),
+    ])
+    func tdvfLaunchMistakesAreOneLineUsageErrors(arguments: [String], mentions: String) throws {
+        let result = try SNPVMMExecutable.run(["run", "--platform", "tdx", "--emulate"] + arguments)
+        #expect(result.status == 2)
+        #expect(result.stdout.isEmpty)
+        #expect(result.stderr.contains(mentions) && result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
     }
 }

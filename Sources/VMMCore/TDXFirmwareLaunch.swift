@@ -1,0 +1,155 @@
+import GuestMemfd
+import LaunchMeasurement
+import Populate
+
+/// A TDX launch from TDVF as QEMU makes it (`target/i386/kvm/tdx.c`,
+/// `hw/i386/tdvf.c`, `tdvf-hob.c`): each TDVF metadata section that is not
+/// PAGE.AUG, in metadata order, added with KVM_TDX_INIT_MEM_REGION:
+/// BFV and CFV from the image (measured where the section has MR.EXTEND),
+/// TD_HOB holding the hand-off block list that describes guest RAM, and
+/// TEMP_MEM as zeros. Every vCPU starts with the TD_HOB's address in RCX
+/// (KVM_TDX_INIT_VCPU). MRTD depends only on the sections, so a launch of
+/// this plan measures what `TDVFImage.mrtd` (`snpvmm measure --mode tdx`)
+/// predicts.
+public struct TDXFirmwareLaunch: Sendable {
+    public let image: TDVFImage
+    /// Guest RAM from 0; TEMP_MEM and TD_HOB must lie inside it.
+    public let memorySize: UInt64
+
+    public init(image: TDVFImage, memorySize: UInt64) {
+        self.image = image
+        self.memorySize = memorySize
+    }
+
+    /// The image's guest-physical range: it ends at 4 GiB, as QEMU maps `-bios`.
+    public var firmwareRange: GuestRange {
+        GuestRange(start: (1 << 32) - UInt64(image.bytes.count), size: UInt64(image.bytes.count))
+    }
+
+    /// The sections added before the TD runs, in metadata order.
+    var addedSections: [TDVFSection] { image.sections.filter { !$0.isPageAug } }
+
+    /// The TD_HOB section's address: RCX of every vCPU at its first entry.
+    public func handOffAddress() throws(TDXFirmwareLaunchError) -> UInt64 {
+        guard let hob = addedSections.first(where: { $0.type == .tdHOB }) else { throw .noHandOffSection }
+        return hob.memoryAddress
+    }
+
+    /// The plan, in the order KVM_TDX_INIT_MEM_REGION adds it.
+    public func plan() throws(TDXFirmwareLaunchError) -> LaunchPlan {
+        let hobAddress = try handOffAddress()
+        var regions: [PlanRegion] = []
+        for (index, section) in addedSections.enumerated() {
+            let range = GuestRange(start: section.memoryAddress, size: section.memoryDataSize)
+            let name = "TDVF section \(index) \(section.type) at \(range.start)"
+            switch section.type {
+            case .bfv, .cfv:
+                let end = range.start.rawValue + range.size
+                guard (range.start.rawValue >= firmwareRange.start.rawValue && end <= 1 << 32) || end <= memorySize else {
+                    throw .outsideMemory(section: index, range: range, memorySize: memorySize)
+                }
+                let start = Int(section.dataOffset)
+                regions.append(PlanRegion(name: name, range: range,
+                                          contents: .bytes(Array(image.bytes[start..<(start + Int(section.memoryDataSize))])),
+                                          kind: section.isExtended ? .normal : .unmeasured))
+            default:
+                guard range.start.rawValue + range.size <= memorySize else {
+                    throw .outsideMemory(section: index, range: range, memorySize: memorySize)
+                }
+                if section.type == .tdHOB {
+                    let list = handOffBlocks(at: hobAddress)
+                    guard UInt64(list.count) <= section.memoryDataSize else { throw .handOffListTooLarge(bytes: list.count, section: range) }
+                    regions.append(PlanRegion(name: name, range: range, contents: .bytes(list), kind: .unmeasured))
+                } else if section.isExtended {
+                    regions.append(PlanRegion(name: name, range: range,
+                                              contents: .bytes([UInt8](repeating: 0, count: Int(section.memoryDataSize))), kind: .normal))
+                } else {
+                    regions.append(PlanRegion(name: name, range: range, contents: .zeros, kind: .zero))
+                }
+            }
+        }
+        return LaunchPlan(regions: regions)
+    }
+
+    /// The hand-off block list QEMU writes into TD_HOB (UEFI PI spec vol. 3,
+    /// HOBs): a PHIT header, one resource descriptor per run of guest RAM
+    /// (system memory where a section was added before the TD runs,
+    /// unaccepted memory elsewhere, as TDVF's design guide names them), and
+    /// the end-of-list HOB.
+    public func handOffBlocks(at address: UInt64) -> [UInt8] {
+        var list: [UInt8] = []
+        func header(type: UInt16, length: UInt16) {
+            append(type, to: &list)
+            append(length, to: &list)
+            append(UInt32(0), to: &list)
+        }
+        let ranges = ramRanges()
+        let phitLength = 56, resourceLength = 48, endLength = 8
+        let end = address + UInt64(phitLength + resourceLength * ranges.count)
+        // PHIT (EFI_HOB_TYPE_HANDOFF): version 9, boot mode 0 (full configuration); the memory fields stay 0.
+        header(type: 0x0001, length: UInt16(phitLength))
+        append(UInt32(0x0009), to: &list)
+        append(UInt32(0), to: &list)
+        for _ in 0..<4 { append(UInt64(0), to: &list) }
+        append(end, to: &list)
+        for (range, accepted) in ranges {
+            // EFI_HOB_TYPE_RESOURCE_DESCRIPTOR: owner GUID zero; type system memory (0) or unaccepted (7);
+            // attributes present | initialized | tested.
+            header(type: 0x0003, length: UInt16(resourceLength))
+            list += [UInt8](repeating: 0, count: 16)
+            append(UInt32(accepted ? 0 : 7), to: &list)
+            append(UInt32(0x7), to: &list)
+            append(range.start.rawValue, to: &list)
+            append(range.size, to: &list)
+        }
+        header(type: 0xFFFF, length: UInt16(endLength))
+        return list
+    }
+
+    /// Guest RAM split at the sections added inside it, in address order.
+    func ramRanges() -> [(GuestRange, accepted: Bool)] {
+        let added = addedSections.filter { $0.type == .tdHOB || $0.type == .tempMem }
+            .map { ($0.memoryAddress, $0.memoryAddress + $0.memoryDataSize) }
+            .filter { $0.1 <= memorySize }
+            .sorted { $0.0 < $1.0 }
+        var ranges: [(GuestRange, accepted: Bool)] = []
+        var cursor: UInt64 = 0
+        for (start, end) in added {
+            if start > cursor { ranges.append((GuestRange(start: cursor, size: start - cursor), false)) }
+            if end > max(start, cursor) {
+                let from = max(start, cursor)
+                if let last = ranges.last, last.accepted, last.0.start.rawValue + last.0.size == from {
+                    ranges[ranges.count - 1].0 = GuestRange(start: last.0.start.rawValue, size: end - last.0.start.rawValue)
+                } else {
+                    ranges.append((GuestRange(start: from, size: end - from), true))
+                }
+            }
+            cursor = max(cursor, end)
+        }
+        if cursor < memorySize { ranges.append((GuestRange(start: cursor, size: memorySize - cursor), false)) }
+        return ranges
+    }
+
+    private func append<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {
+        withUnsafeBytes(of: value.littleEndian) { bytes += $0 }
+    }
+}
+
+/// Why a TDVF image cannot be launched.
+public enum TDXFirmwareLaunchError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// No TD_HOB section: the vCPUs would have no hand-off list to start from.
+    case noHandOffSection
+    case outsideMemory(section: Int, range: GuestRange, memorySize: UInt64)
+    case handOffListTooLarge(bytes: Int, section: GuestRange)
+
+    public var description: String {
+        switch self {
+        case .noHandOffSection:
+            "the TDVF metadata has no TD_HOB section, so no hand-off block list can tell the firmware where RAM is"
+        case let .outsideMemory(section, range, memorySize):
+            "TDVF section \(section) at \(range) lies outside the \(memorySize >> 20) MiB of guest RAM; give more --memory"
+        case let .handOffListTooLarge(bytes, section):
+            "the \(bytes)-byte hand-off block list does not fit the TD_HOB section \(section)"
+        }
+    }
+}
