@@ -14,8 +14,8 @@
 
 The small inputs in inputs/ are generated deterministically if missing. The
 OVMF images are checked against the SHA-256 values in README.md; --fetch
-downloads them with apt-get (bookworm from the system's sources, sid through a
-private apt configuration) and extracts them with dpkg-deb.
+downloads them with apt-get (bookworm from the system's sources, trixie and sid
+through a private apt configuration) and extracts them with dpkg-deb.
 """
 import hashlib, json, os, struct, subprocess, sys, tempfile
 
@@ -23,6 +23,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGES = {
     "OVMF/bookworm-OVMF.fd": ("ovmf", "2022.11-6+deb12u2", "bookworm", "usr/share/ovmf/OVMF.fd",
                               "7b456907dd0786d415999e801a1ac4637b8ed4d7cf5378cfc6edbe5e574dd773"),
+    "OVMF/trixie-OVMF.fd": ("ovmf", "2025.02-8+deb13u1", "trixie", "usr/share/ovmf/OVMF.fd",
+                            "14954040cc754ade0c625ac3470ea46d4c14318b5b1396de4ef77090203d76db"),
     "OVMF/sid-OVMF.amdsev.fd": ("ovmf-amdsev", "2026.08+ds-2", "sid", "usr/share/ovmf/OVMF.amdsev.fd",
                                 "3e4fd0b3fe3b2dbe481c3d9e99418a034174f26cbe1f55aa212b0f18c12d2d6f"),
 }
@@ -39,7 +41,7 @@ DERIVED = {
     "wrong-metadata-signature.fd": {"base": "OVMF/bookworm-OVMF.fd", "patches": [[0x1FFAD4, "58"]]},
 }
 
-B, S = "OVMF/bookworm-OVMF.fd", "OVMF/sid-OVMF.amdsev.fd"
+B, T, S = "OVMF/bookworm-OVMF.fd", "OVMF/trixie-OVMF.fd", "OVMF/sid-OVMF.amdsev.fd"
 K, I = "inputs/kernel.bin", "inputs/initrd.bin"
 SNP_CASES = [
     ("bookworm-epyc-1", B, ["--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC"]),
@@ -115,11 +117,11 @@ def fetch_images():
     for rel, (package, version, suite, member, _) in IMAGES.items():
         work = tempfile.mkdtemp()
         apt = []
-        if suite == "sid":
+        if suite != "bookworm":
             lists = os.path.join(work, "lists")
             os.makedirs(os.path.join(lists, "partial"))
             with open(os.path.join(work, "sources.list"), "w") as f:
-                f.write("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main\n")
+                f.write(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {suite} main\n")
             apt = ["-o", f"Dir::Etc::SourceList={work}/sources.list", "-o", "Dir::Etc::SourceParts=/dev/null",
                    "-o", f"Dir::State::Lists={lists}", "-o", f"Dir::Cache={work}/cache"]
             subprocess.run(["apt-get", *apt, "update"], check=True)
@@ -165,25 +167,38 @@ def snp_vectors():
     return {"generator": version, "derivedImages": DERIVED, "cases": cases}
 
 
-# The firmware-launch matrix: each Debian image x vCPU count x vCPU type, with
-# and without a measured kernel where the image has a kernel-hashes section.
-MATRIX_VCPUS = [1, 2, 3, 8, 16]
-MATRIX_TYPES = ["EPYC", "EPYC-Rome", "EPYC-Milan", "EPYC-Genoa", "EPYC-Turin"]
+# The firmware-launch matrix: each Debian image x vCPU count 1-16 x each vCPU
+# type name sev-snp-measure takes, with and without a measured kernel where
+# the image has a kernel-hashes section (sid's ovmf is an empty transitional
+# package, so sid contributes ovmf-amdsev only).
+MATRIX_VCPUS = list(range(1, 17))
+
+
+def matrix_types():
+    from sevsnpmeasure import vcpu_types
+    return list(vcpu_types.CPU_SIGS.keys())
 
 
 def snp_matrix():
-    cases = []
-    for image, boots in [(B, [[]]), (S, [[], ["--kernel", K], ["--kernel", K, "--initrd", I, "--append", "console=ttyS0"]])]:
+    from concurrent.futures import ThreadPoolExecutor
+    jobs = []
+    for image, boots in [(B, [[]]), (T, [[]]),
+                         (S, [[], ["--kernel", K], ["--kernel", K, "--initrd", I, "--append", "console=ttyS0"]])]:
         for vcpus in MATRIX_VCPUS:
-            for vcpu_type in MATRIX_TYPES:
+            for vcpu_type in matrix_types():
                 for boot in boots:
-                    args = ["--mode", "snp", "--vcpus", str(vcpus), "--vcpu-type", vcpu_type, *boot]
-                    run = subprocess.run(["sev-snp-measure", *args, "--ovmf", os.path.join(HERE, image)], cwd=HERE,
-                                         capture_output=True, text=True, check=True)
-                    cases.append({"image": image, "args": args, "measurement": run.stdout.strip()})
+                    jobs.append((image, ["--mode", "snp", "--vcpus", str(vcpus), "--vcpu-type", vcpu_type, *boot]))
+
+    def measure(job):
+        image, args = job
+        run = subprocess.run(["sev-snp-measure", *args, "--ovmf", os.path.join(HERE, image)], cwd=HERE,
+                             capture_output=True, text=True, check=True)
+        return {"image": image, "args": args, "measurement": run.stdout.strip()}
+
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        cases = list(pool.map(measure, jobs))
     version = subprocess.run(["sev-snp-measure", "--version"], capture_output=True, text=True).stdout.strip()
     return {"generator": version, "cases": cases}
-
 
 # ID blocks from sev-snp-measure's snp-create-id-block for committed test keys
 # (inputs/id-key.pem SEC1 P-384, inputs/author-key.pem PKCS#8 P-384,
@@ -191,9 +206,9 @@ def snp_matrix():
 # The ID block and key digests are deterministic; the signatures are not
 # (ECDSA draws a fresh nonce), so tests verify them rather than compare them.
 ID_BLOCK_CASES = [
-    ("first matrix measurement", 0, "id-key.pem", "author-key.pem"),
-    ("kernel-hashes measurement", 60, "id-key.pem", "author-key.pem"),
-    ("keys swapped", 0, "author-key.pem", "id-key.pem"),
+    ("first matrix measurement", lambda c: True, "id-key.pem", "author-key.pem"),
+    ("kernel-hashes measurement", lambda c: "--initrd" in c["args"], "id-key.pem", "author-key.pem"),
+    ("keys swapped", lambda c: True, "author-key.pem", "id-key.pem"),
 ]
 
 
@@ -201,8 +216,8 @@ def id_block_vectors():
     import base64
     matrix = json.load(open(os.path.join(HERE, "snp-firmware-matrix.json")))["cases"]
     cases = []
-    for name, index, idkey, authorkey in ID_BLOCK_CASES:
-        measurement = base64.b64encode(bytes.fromhex(matrix[index]["measurement"])).decode()
+    for name, pick, idkey, authorkey in ID_BLOCK_CASES:
+        measurement = base64.b64encode(bytes.fromhex(next(c for c in matrix if pick(c))["measurement"])).decode()
         args = ["--measurement", measurement, "--idkey", "inputs/" + idkey, "--authorkey", "inputs/" + authorkey]
         run = subprocess.run(["snp-create-id-block", *args], cwd=HERE, capture_output=True, text=True, check=True)
         cases.append({"name": name, "args": args, "stdout": run.stdout})
