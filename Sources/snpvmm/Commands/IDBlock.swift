@@ -32,7 +32,8 @@ enum IDBlockCommand {
         The signatures are ECDSA with SHA-384 through libcrypto, R and S stored
         little-endian in 72 bytes each. ECDSA draws a fresh nonce, so id-auth
         differs between runs; the block and key digests do not.
-        Exit status: 0 on success, 1 when a key cannot be used, 2 for a usage error.
+        Exit status: 0 on success, 2 for a usage error or a key file that is not an
+        unencrypted ECDSA P-384 private key.
         """
 
     static let parser = ArgumentParser(options: [
@@ -74,7 +75,8 @@ enum IDBlockCommand {
             print("author_key: \(Base64.encode(authorKey.publicKeyDigest.bytes))")
             return .success
         } catch {
-            fail("id-block: \(error)")
+            // A key that cannot be read or is not P-384 is bad input, like a bad flag.
+            fail("id-block: \(error)", status: .usage)
         }
     }
 }

@@ -191,7 +191,9 @@ enum MeasureCommand {
             guard let idKey = values["--idkey"], let authorKey = values["--authorkey"], values["--json"] != nil else {
                 throw UsageError("ID blocks take --idkey PEM and --authorkey PEM together, with --json")
             }
-            keys = (try SNPSigningKey(pemFile: idKey), try SNPSigningKey(pemFile: authorKey))
+            do { keys = (try SNPSigningKey(pemFile: idKey), try SNPSigningKey(pemFile: authorKey)) } catch {
+                throw UsageError("\(error)")  // a key file that cannot be used is bad input, as in snpvmm id-block
+            }
         }
         var records: [String] = []
         for type in types {

@@ -152,7 +152,7 @@ import Testing
             try SNPSigningKey(pemFile: path)
         }
         let result = try SNPVMMExecutable.run(["id-block"] + Self.file.wrongCurve.args)
-        #expect(result.status == 1)
+        #expect(result.status == 2)
         #expect(result.stderr == "snpvmm: id-block: inputs/p256-key.pem: an EC key on prime256v1; "
             + "SNP ID and author keys are ECDSA P-384 (secp384r1)\n")
     }
@@ -163,9 +163,9 @@ import Testing
          "--measurement 'AAAA' is not 48 bytes of base64"),
         (["--measurement", String(repeating: "A", count: 64), "--idkey", "inputs/id-key.pem"], 2, "missing key files for id block"),
         (["--measurement", String(repeating: "A", count: 64), "--idkey", "inputs/kernel.bin", "--authorkey", "inputs/id-key.pem"],
-         1, "inputs/kernel.bin: no unencrypted PEM private key"),
+         2, "inputs/kernel.bin: no unencrypted PEM private key"),
         (["--measurement", String(repeating: "A", count: 64), "--idkey", "inputs/absent.pem", "--authorkey", "inputs/id-key.pem"],
-         1, "inputs/absent.pem: cannot open inputs/absent.pem: No such file or directory"),
+         2, "inputs/absent.pem: cannot open inputs/absent.pem: No such file or directory"),
     ] as [([String], Int32, String)])
     func idBlockMistakesAreOneLineErrors(arguments: [String], status: Int32, mentions: String) throws {
         let result = try SNPVMMExecutable.run(["id-block"] + arguments)
@@ -194,6 +194,17 @@ import Testing
         #expect(Array(Base64.decode(records[1].id_block)!.prefix(48)) == Hex.decode(records[1].measurement))
         #expect(Self.launchStatus(block: Base64.decode(records[1].id_block)!, auth: Base64.decode(records[1].id_auth)!,
                                   authorKey: true) == .badMeasurement)
+    }
+
+    @Test func aMatrixWithAKeyOfTheWrongCurveIsAOneLineUsageError() throws {
+        let result = try SNPVMMExecutable.run([
+            "measure", "--mode", "snp", "--ovmf", Self.signedLaunch.image, "--vcpus", "1-2", "--vcpu-type", "EPYC", "--json",
+            "--idkey", "inputs/p256-key.pem", "--authorkey", "inputs/author-key.pem",
+        ])
+        #expect(result.status == 2)
+        #expect(result.stdout.isEmpty)
+        #expect(result.stderr == "snpvmm measure: error: inputs/p256-key.pem: an EC key on prime256v1; "
+            + "SNP ID and author keys are ECDSA P-384 (secp384r1)\n")
     }
 
     // MARK: snpvmm run --id-block --id-auth
