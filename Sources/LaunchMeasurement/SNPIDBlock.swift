@@ -158,10 +158,11 @@ public final class SNPSigningKey: @unchecked Sendable {
         }
         var group = [CChar](repeating: 0, count: 64)
         var groupLength = 0
-        guard EVP_PKEY_get_utf8_string_param(loaded, "group", &group, group.count, &groupLength) == 1,
-              String(cString: group) == "secp384r1" else {
+        let read = EVP_PKEY_get_utf8_string_param(loaded, "group", &group, group.count, &groupLength) == 1
+        let groupName = read ? String(decoding: group.prefix(groupLength).map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+        guard groupName == "secp384r1" else {
             EVP_PKEY_free(loaded)
-            throw .wrongKeyType(path: name, found: "an EC key on \(String(cString: group).isEmpty ? "an unnamed curve" : String(cString: group))")
+            throw .wrongKeyType(path: name, found: "an EC key on \(groupName.isEmpty ? "an unnamed curve" : groupName)")
         }
         var publicKey = [UInt8](repeating: 0, count: 1028)
         publicKey.storeLE(UInt32(2), at: 0)

@@ -42,6 +42,12 @@ enum MeasureCommand {
         cca                 the realm initial measurement (RMM v2.0) of a QEMU-virt style direct
                             boot: Image at the RAM base (default 0x40000000), initrd, DTB, one REC
 
+        --igvm FILE with --mode snp (instead of --ovmf) measures an IGVM file's SEV-SNP
+        directives as QEMU's IGVM loader launches them; pages without data count as NORMAL
+        pages of zeros (igvmmeasure's default) or, with --native-zero, as ZERO pages. KVM's
+        rules apply unless --no-check-kvm: one VMSA, at 0xfffffffff000, with a CR0 KVM keeps,
+        and nothing measured after it.
+
         A reference-value matrix (extensions of sev-snp-measure's flags): --vcpus takes a
         range or list (1-16, 1,2,4,8) and --vcpu-type several names (EPYC-Milan,EPYC-Genoa);
         one line per combination, or with --json one record each. --idkey PEM --authorkey PEM
@@ -79,6 +85,10 @@ enum MeasureCommand {
 
     /// sev-snp-measure's `--mode snp` and `--mode snp:ovmf-hash`, step for step in the order of its `cli.py` `main`.
     static func measureSNP(_ values: [String: String]) throws -> ExitCode {
+        if values["--igvm"] != nil { return try measureIGVM(values) }
+        for flag in ["--native-zero", "--no-check-kvm"] where values[flag] != nil {
+            throw UsageError("\(flag) applies to --igvm")
+        }
         let mode = values["--mode"]!
         let ovmfPath = values["--ovmf"]!
         if mode == "snp:ovmf-hash" {
@@ -165,6 +175,30 @@ enum MeasureCommand {
             counts += Array(low...high)
         }
         return counts
+    }
+
+    /// `--mode snp --igvm FILE`: the launch digest of an IGVM file's SEV-SNP
+    /// directives as QEMU's loader launches them (`IGVMSNPLaunch`), KVM's
+    /// rules applied unless `--no-check-kvm`. A malformed file or a rule
+    /// broken is a usage error naming the header.
+    static func measureIGVM(_ values: [String: String]) throws -> ExitCode {
+        guard values["--mode"] == "snp", values["--ovmf"] == nil else {
+            throw UsageError("--igvm is measured with --mode snp and without --ovmf")
+        }
+        let path = values["--igvm"]!
+        let launch: IGVMSNPLaunch
+        do {
+            launch = try IGVMSNPLaunch(try IGVMFile(bytes: try FileBytes.read(path)),
+                                       nativeZero: values["--native-zero"] != nil, checkKVM: values["--no-check-kvm"] == nil)
+        } catch let error as IGVMError {
+            throw UsageError("\(path): \(error)")
+        }
+        let digest = launch.launchDigest.bytes
+        printMeasurement(digest, label: "SNP launch measurement", values)
+        if let named = launch.idBlockDigest, named != digest {
+            throw MeasureFailure("\(path): the SNP_ID_BLOCK names launch digest \(Hex.encode(named)), not the file's")
+        }
+        return .success
     }
 
     /// Reference values for an allow-list: one SNP measurement per vCPU
@@ -465,6 +499,9 @@ struct MeasureArguments {
         Option(names: ["--lpa2"], takesValue: false),
         Option(names: ["--json"], takesValue: false),
         Option(names: ["--idkey"], takesValue: true),
+        Option(names: ["--igvm"], takesValue: true),
+        Option(names: ["--native-zero"], takesValue: false),
+        Option(names: ["--no-check-kvm"], takesValue: false),
         Option(names: ["--authorkey"], takesValue: true),
     ]
 
@@ -479,7 +516,8 @@ struct MeasureArguments {
         var missing = [String]()
         if values["--mode"] == nil { missing.append("--mode") }
         let mode = values["--mode"]
-        if values["--ovmf"] == nil, mode == nil || ["sev", "seves", "snp", "snp:ovmf-hash"].contains(mode!) {
+        if values["--ovmf"] == nil, values["--igvm"] == nil || mode != "snp",
+            mode == nil || ["sev", "seves", "snp", "snp:ovmf-hash"].contains(mode!) {
             if mode != nil || (values["--tdvf"] == nil && values["--dtb"] == nil) { missing.append("--ovmf") }
         }
         if !missing.isEmpty { throw UsageError("the following arguments are required: \(missing.joined(separator: ", "))") }

@@ -1,0 +1,255 @@
+import Foundation
+import LaunchMeasurement
+import Testing
+import VMMCore
+
+/// IGVM files built by `IGVMBuilder` from the format's layout: the reader's
+/// checks, and the SEV-SNP launch digest against a PAGE_INFO chain the test
+/// computes itself and, for an IGVM that wraps a Debian OVMF as QEMU loads it
+/// directly, against sev-snp-measure.
+@Suite struct IGVMTests {
+    typealias V = MeasurementVectors
+
+    static func pattern(_ seed: UInt8) -> [UInt8] { (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) } }
+    static let zeros = [UInt8](repeating: 0, count: 4096)
+
+    /// A VMSA page with the given CR0 (save-area offset 0x158) and a marker byte.
+    static func vmsa(cr0: UInt64 = 0x10) -> [UInt8] {
+        var page = zeros
+        page.replaceSubrange(0x158..<0x160, with: IGVMBuilder.le(cr0))
+        page[0x178] = 0xF0  // RIP low byte, so the page is not all zeros
+        return page
+    }
+
+    /// The expected digest: each (type, gpa, contents) page in order, by the test's own PAGE_INFO chain.
+    static func chain(_ pages: [(String, UInt64, [UInt8]?)]) throws -> String {
+        Hex.encode(try FirmwareLaunchTests.chain(pages.map { page in
+            (page.0, page.1, 1, page.2.map { [SHA384.hash($0).bytes] } ?? [])
+        }))
+    }
+
+    static func digest(_ file: [UInt8], nativeZero: Bool = false, checkKVM: Bool = true) throws -> String {
+        try IGVMSNPLaunch(try IGVMFile(bytes: file), nativeZero: nativeZero, checkKVM: checkKVM).launchDigest.hex
+    }
+
+    /// One page of each kind, the parameter area inserted first (where QEMU and igvmmeasure agree), a VMSA last.
+    static func everyKind() -> IGVMBuilder {
+        var b = IGVMBuilder()
+        b.platform()
+        b.policy(0x30000)
+        b.parameterArea(index: 0, bytes: 4096)
+        b.usage(0x307, index: 0)  // VP_COUNT
+        b.parameterInsert(0x9000, index: 0)
+        b.page(0x1000, data: pattern(1))
+        b.page(0x2000)                      // NORMAL without data
+        b.page(0x3000, flags: 2)            // unmeasured
+        b.page(0x4000, type: 1)             // SECRETS
+        b.page(0x5000, type: 2)             // CPUID_DATA
+        b.page(0x6000, type: 3)             // CPUID_XF
+        b.vmsa(vmsa())
+        return b
+    }
+
+    @Test func crc32IsZlibsChecksum() {
+        #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)  // the CRC-32 check value
+        #expect(IGVMBuilder.crc32(Array("123456789".utf8)) == 0xCBF4_3926)
+        let bytes = (0..<1000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        #expect(CRC32.checksum(bytes) == IGVMBuilder.crc32(bytes))
+    }
+
+    @Test func theReaderReturnsThePlatformAndDirectivesInFileOrder() throws {
+        let file = try IGVMFile(bytes: Self.everyKind().build())
+        #expect(file.platforms.map(\.type) == [.sevSNP])
+        #expect(file.snpMask == 1)
+        #expect(file.directives.map(\.index) == Array(1...11))
+        guard case .pageData(0x1000, 1, let offset, false, false, false, .normal) = file.directives[4].directive else {
+            Issue.record("header 5 is \(file.directives[4].directive)")
+            return
+        }
+        #expect(file.page(at: offset) == Self.pattern(1))
+    }
+
+    @Test func everyPageKindIsMeasuredAsQEMUAndIgvmmeasureMeasureIt() throws {
+        let file = Self.everyKind().build()
+        #expect(try Self.digest(file) == Self.chain([
+            ("UNMEASURED", 0x9000, nil), ("NORMAL", 0x1000, Self.pattern(1)), ("NORMAL", 0x2000, Self.zeros),
+            ("UNMEASURED", 0x3000, nil), ("SECRETS", 0x4000, nil), ("CPUID", 0x5000, nil), ("CPUID", 0x6000, nil),
+            ("VMSA", 0xFFFF_FFFF_F000, Self.vmsa()),
+        ]))
+        #expect(try Self.digest(file, nativeZero: true) == Self.chain([
+            ("UNMEASURED", 0x9000, nil), ("NORMAL", 0x1000, Self.pattern(1)), ("ZERO", 0x2000, nil),
+            ("UNMEASURED", 0x3000, nil), ("SECRETS", 0x4000, nil), ("CPUID", 0x5000, nil), ("CPUID", 0x6000, nil),
+            ("VMSA", 0xFFFF_FFFF_F000, Self.vmsa()),
+        ]))
+    }
+
+    @Test func aTwoMiBPageWithoutDataIs512PagesAndDataFillsOnlyTheFirst() throws {
+        var b = IGVMBuilder()
+        b.platform()
+        b.page(0x20_0000, flags: 1)
+        b.page(0x40_0000, data: Self.pattern(2), flags: 1)
+        var pages: [(String, UInt64, [UInt8]?)] = []
+        for page in 0..<512 { pages.append(("NORMAL", 0x20_0000 + UInt64(page) * 4096, Self.zeros)) }
+        for page in 0..<512 { pages.append(("NORMAL", 0x40_0000 + UInt64(page) * 4096, page == 0 ? Self.pattern(2) : Self.zeros)) }
+        let expected = try Self.chain(pages)
+        #expect(try Self.digest(b.build()) == expected)
+    }
+
+    /// QEMU holds a run of pages until a page breaks it, so an insert after
+    /// the run is queued before it; igvmmeasure measures in file order.
+    @Test func anInsertAfterAHeldRunOfPagesIsQueuedFirstAsQEMUQueuesIt() throws {
+        var b = IGVMBuilder()
+        b.platform()
+        b.parameterArea(index: 0, bytes: 8192)
+        b.page(0x1000, data: Self.pattern(3))
+        b.page(0x2000, data: Self.pattern(4))
+        b.parameterInsert(0x8000, index: 0)
+        b.page(0x3000, data: Self.pattern(5))
+        #expect(try Self.digest(b.build()) == Self.chain([
+            ("UNMEASURED", 0x8000, nil), ("UNMEASURED", 0x9000, nil),  // the whole two-page area
+            ("NORMAL", 0x1000, Self.pattern(3)), ("NORMAL", 0x2000, Self.pattern(4)), ("NORMAL", 0x3000, Self.pattern(5)),
+        ]))
+    }
+
+    @Test func anUnknownOptionalHeaderIsSkippedAndOtherPlatformsDirectivesIgnored() throws {
+        var b = IGVMBuilder()
+        b.platform(mask: 1, type: 2)
+        b.platform(mask: 2, type: 3)
+        b.raw(type: 0x3FF | 1 << 31, body: [1, 2, 3, 4])
+        b.page(0x1000, data: Self.pattern(6), mask: 2)  // TDX only
+        b.page(0x2000, data: Self.pattern(7), mask: 3)  // both
+        #expect(try Self.digest(b.build()) == Self.chain([("NORMAL", 0x2000, Self.pattern(7))]))
+    }
+
+    /// An IGVM holding what QEMU loads for a direct OVMF launch (the image,
+    /// the SEV metadata sections, the boot vCPU's VMSA) measures, with
+    /// ZERO pages for pages without data, what sev-snp-measure gives.
+    @Test(arguments: [(V.bookworm, 1, "EPYC", true), (V.sid, 1, "EPYC-Genoa", true), (V.sid, 4, "EPYC-Milan", false)])
+    func anIGVMWrappingOVMFMeasuresAsSevSnpMeasureInNativeZeroTerms(image: String, vcpus: Int, type: String, checkKVM: Bool) throws {
+        let ovmf = try OVMFImage(bytes: V.bytes(image))
+        let measurement = SNPGuestMeasurement(vcpus: vcpus, vcpuSignature: try #require(SNPVCPUSignature.signature(named: type)))
+        var b = IGVMBuilder()
+        b.platform()
+        for step in try measurement.launchSteps(for: ovmf) {
+            for page in 0..<step.pageCount {
+                let gpa = step.gpa + page * 4096
+                switch (step.type, step.source) {
+                case (.normal, .firmware(let offset)):
+                    let start = offset + Int(page) * 4096
+                    b.page(gpa, data: Array(ovmf.bytes[start..<(start + 4096)]))
+                case (.normal, .bytes(let bytes)): b.page(gpa, data: Array(bytes[(Int(page) * 4096)..<(Int(page + 1) * 4096)]))
+                case (.zero, _): b.page(gpa)
+                case (.unmeasured, _): b.page(gpa, flags: 2)
+                case (.secrets, _): b.page(gpa, type: 1)
+                case (.cpuid, _): b.page(gpa, type: 2)
+                default: Issue.record("unexpected step \(step.type)")
+                }
+            }
+        }
+        for page in try measurement.vmsaPages(for: ovmf) { b.vmsa(page) }
+        let expected = try #require(FirmwareLaunchTests.matrix.first {
+            $0.image == image && $0.value("--vcpus") == "\(vcpus)" && $0.value("--vcpu-type") == type && $0.value("--kernel") == nil
+        }).measurement
+        let file = b.build()
+        #expect(try Self.digest(file, nativeZero: true, checkKVM: checkKVM) == expected)
+        #expect(try Self.digest(file, nativeZero: false, checkKVM: checkKVM) != expected, "SNP_SEC_MEM pages count as NORMAL zeros by default")
+        // The command line agrees.
+        let path = try Self.write(file)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let result = try SNPVMMExecutable.run(["measure", "--mode", "snp", "--igvm", path, "--native-zero"]
+                                              + (checkKVM ? [] : ["--no-check-kvm"]))
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == expected + "\n")
+    }
+
+    static func write(_ bytes: [UInt8]) throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("igvm-\(UUID().uuidString).bin").path
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    /// A malformed file and the words its one-line refusal must hold.
+    struct Malformed: CustomTestStringConvertible, Sendable {
+        let name: String
+        let build: @Sendable () -> [UInt8]
+        let mentions: String
+        var testDescription: String { name }
+    }
+
+    static func with(_ change: @escaping @Sendable (inout IGVMBuilder) -> Void) -> @Sendable () -> [UInt8] {
+        { var b = everyKind(); change(&b); return b.build() }
+    }
+
+    static let malformed: [Malformed] = [
+        Malformed(name: "bad magic", build: with { $0.patches = [(0, [0x49, 0x47, 0x56, 0x4E])] }, mentions: "IGVM fixed header: magic is 0x4e564749"),
+        Malformed(name: "version 2", build: with { $0.patches = [(4, [2, 0, 0, 0])] }, mentions: "format_version is 2"),
+        Malformed(name: "bad checksum", build: with { $0.recomputeChecksum = false }, mentions: "checksum is 0x0, but the CRC-32"),
+        Malformed(name: "total size", build: { everyKind().build() + [0] }, mentions: "total_file_size is"),
+        Malformed(name: "headers past the end", build: with { $0.patches = [(12, IGVMBuilder.le(UInt32(1 << 20)))] },
+                  mentions: "variable headers [24, +1048576) run past the end"),
+        Malformed(name: "unknown non-optional header", build: with { $0.raw(type: 0x3FF, body: [0, 0, 0, 0]) },
+                  mentions: "IGVM header 12 (type 0x3ff): unknown type 0x3ff without the optional bit (31)"),
+        Malformed(name: "platform after directives", build: with { $0.platform(mask: 2, type: 3) },
+                  mentions: "IGVM header 12 (SUPPORTED_PLATFORM): a platform header after the directive section began"),
+        Malformed(name: "undeclared platform", build: with { $0.page(0x7000, data: pattern(9), mask: 4) },
+                  mentions: "IGVM header 12 (PAGE_DATA): compatibility_mask 0x4 names a platform the file does not declare"),
+        Malformed(name: "overlapping pages", build: with { $0.page(0x1000) },
+                  mentions: "IGVM header 12 (PAGE_DATA): page 0x1000 is already given for mask 0x1"),
+        Malformed(name: "insert of an undeclared area", build: with { $0.parameterInsert(0xA000, index: 7) },
+                  mentions: "IGVM header 12 (PARAMETER_INSERT): parameter_area_index 7 is not declared before it"),
+        Malformed(name: "page data past the end", build: with { $0.page(0x7000, data: [1, 2, 3]) },
+                  mentions: "IGVM header 12 (PAGE_DATA): file_offset"),
+        Malformed(name: "wrong body length", build: with { $0.raw(type: 0x302, body: [UInt8](repeating: 0, count: 16)) },
+                  mentions: "IGVM header 12 (PAGE_DATA): length is 16; the header's body is 24 bytes"),
+        Malformed(name: "unaligned page", build: with { $0.page(0x7001) },
+                  mentions: "IGVM header 12 (PAGE_DATA): gpa 0x7001 is not 4 KiB aligned"),
+        Malformed(name: "unknown data type", build: with { $0.page(0x7000, type: 9) },
+                  mentions: "IGVM header 12 (PAGE_DATA): data_type 9 is not NORMAL"),
+        // KVM's rules, on by default.
+        Malformed(name: "a second VMSA", build: with { $0.vmsa(vmsa()) },
+                  mentions: "IGVM header 12 (VP_CONTEXT): a second VMSA"),
+        Malformed(name: "a page after the VMSA", build: with { $0.page(0x7000, data: pattern(8)) },
+                  mentions: "IGVM header 12 (PAGE_DATA): comes after the VMSA of header 11"),
+        Malformed(name: "a VMSA elsewhere", build: {
+            var b = everyKind(); b.headers.removeLast(); b.vmsa(vmsa(), gpa: 0x10_0000); return b.build()
+        }, mentions: "IGVM header 11 (VP_CONTEXT): gpa 0x100000 is not 0xfffffffff000"),
+        Malformed(name: "a CR0 KVM changes", build: {
+            var b = everyKind(); b.headers.removeLast(); b.vmsa(vmsa(cr0: 0x6000_0011)); return b.build()
+        }, mentions: "IGVM header 11 (VP_CONTEXT): VMSA CR0 0x60000011 sets CD or NW"),
+    ]
+
+    @Test(arguments: malformed)
+    func aMalformedFileIsRefusedInOneLineNamingTheHeaderAndField(_ bad: Malformed) throws {
+        let path = try Self.write(bad.build())
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let result = try SNPVMMExecutable.run(["measure", "--mode", "snp", "--igvm", path])
+        #expect(result.status == 2)
+        #expect(result.stdout.isEmpty)
+        #expect(result.stderr.contains(bad.mentions) && result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+    }
+
+    @Test func withoutKVMsRulesTheVMSAIsMeasuredWhereTheFilePutsIt() throws {
+        var b = Self.everyKind()
+        b.vmsa(Self.vmsa(cr0: 0x31), gpa: 0x10_0000)
+        b.page(0x7000, data: Self.pattern(8))
+        let digest = try Self.digest(b.build(), checkKVM: false)
+        #expect(try digest == Self.chain([
+            ("UNMEASURED", 0x9000, nil), ("NORMAL", 0x1000, Self.pattern(1)), ("NORMAL", 0x2000, Self.zeros),
+            ("UNMEASURED", 0x3000, nil), ("SECRETS", 0x4000, nil), ("CPUID", 0x5000, nil), ("CPUID", 0x6000, nil),
+            ("VMSA", 0xFFFF_FFFF_F000, Self.vmsa()), ("VMSA", 0x10_0000, Self.vmsa(cr0: 0x31)), ("NORMAL", 0x7000, Self.pattern(8)),
+        ]))
+    }
+
+    @Test func anIDBlockNamingAnotherDigestIsReportedAfterTheDigest() throws {
+        var b = Self.everyKind()
+        b.raw(type: 0x30B, body: IGVMBuilder.le(UInt32(1)) + [0, 0, 0, 0] + [UInt8](repeating: 0xAB, count: 48)
+              + [UInt8](repeating: 0, count: 696 - 56))
+        let path = try Self.write(b.build())
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let result = try SNPVMMExecutable.run(["measure", "--mode", "snp", "--igvm", path])
+        #expect(result.status == 1)
+        let expected = try Self.digest(Self.everyKind().build())
+        #expect(result.stdout == expected + "\n")
+        #expect(result.stderr.contains("the SNP_ID_BLOCK names launch digest abab"), "\(result.stderr)")
+    }
+}
