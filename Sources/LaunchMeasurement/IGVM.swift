@@ -169,6 +169,8 @@ public struct IGVMFile: Sendable {
     public static let magic: UInt32 = 0x4D56_4749  // "IGVM"
     public static let fixedHeaderSize = 24
     public static let pageSize = 4096
+    /// The largest parameter area accepted: 256 MiB.
+    public static let maximumParameterArea: UInt64 = 256 << 20
 
     public let bytes: [UInt8]
     public let platforms: [IGVMPlatform]
@@ -317,8 +319,12 @@ public struct IGVMFile: Sendable {
             }
             switch directive {
             case let .parameterArea(size, area, fileOffset):
-                guard size > 0, size % UInt64(Self.pageSize) == 0, size <= 1 << 32 else {
+                guard size > 0, size % UInt64(Self.pageSize) == 0 else {
                     throw fail(index, directive, "number_of_bytes \(size) is not a positive multiple of 4096")
+                }
+                // Loaders fill parameter areas in host memory; real ones are a few pages.
+                guard size <= Self.maximumParameterArea else {
+                    throw fail(index, directive, "number_of_bytes \(size) is more than the \(Self.maximumParameterArea >> 20) MiB a parameter area may have")
                 }
                 guard areas[area] == nil else { throw fail(index, directive, "parameter_area_index \(area) is declared twice") }
                 guard dataFits(fileOffset, Int(size)) else {

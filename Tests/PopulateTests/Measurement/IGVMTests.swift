@@ -57,6 +57,17 @@ import VMMCore
         #expect(CRC32.checksum(bytes) == IGVMBuilder.crc32(bytes))
     }
 
+    /// The fuzz seeds were written by a Python script with zlib's crc32.
+    @Test func theFuzzSeedsWrittenWithZlibsCRC32Parse() throws {
+        let directory = V.directory + "/../../Fuzz/corpus/igvm"
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+        #expect(names.count == 3)
+        for name in names {
+            let file = try IGVMFile(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: directory + "/" + name))))
+            #expect(file.snpMask == 1)
+        }
+    }
+
     @Test func theReaderReturnsThePlatformAndDirectivesInFileOrder() throws {
         let file = try IGVMFile(bytes: Self.everyKind().build())
         #expect(file.platforms.map(\.type) == [.sevSNP])
@@ -201,6 +212,8 @@ import VMMCore
                   mentions: "IGVM header 12 (PAGE_DATA): file_offset"),
         Malformed(name: "wrong body length", build: with { $0.raw(type: 0x302, body: [UInt8](repeating: 0, count: 16)) },
                   mentions: "IGVM header 12 (PAGE_DATA): length is 16; the header's body is 24 bytes"),
+        Malformed(name: "huge parameter area", build: with { $0.parameterArea(index: 5, bytes: 1 << 40) },
+                  mentions: "IGVM header 12 (PARAMETER_AREA): number_of_bytes 1099511627776 is more than the 256 MiB"),
         Malformed(name: "unaligned page", build: with { $0.page(0x7001) },
                   mentions: "IGVM header 12 (PAGE_DATA): gpa 0x7001 is not 4 KiB aligned"),
         Malformed(name: "unknown data type", build: with { $0.page(0x7000, type: 9) },
