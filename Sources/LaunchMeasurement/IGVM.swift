@@ -106,6 +106,8 @@ public enum IGVMPageDataType: UInt16, Sendable, CustomStringConvertible {
 
 /// One platform the file supports.
 public struct IGVMPlatform: Sendable, Equatable {
+    /// The SUPPORTED_PLATFORM header's index.
+    public var header: Int
     public var compatibilityMask: UInt32
     public var highestVTL: UInt8
     public var type: IGVMPlatformType
@@ -261,7 +263,7 @@ public struct IGVMFile: Sendable {
             guard !platforms.contains(where: { $0.compatibilityMask == mask || $0.type == platformType }) else {
                 throw IGVMError(header: index, type: type, "platform \(platformType) or mask 0x\(String(mask, radix: 16)) is declared twice")
             }
-            platforms.append(IGVMPlatform(compatibilityMask: mask, highestVTL: f[4], type: platformType,
+            platforms.append(IGVMPlatform(header: index, compatibilityMask: mask, highestVTL: f[4], type: platformType,
                                           version: f.loadLE(UInt16.self, at: 6), sharedGPABoundary: f.loadLE(UInt64.self, at: 8)))
         case .guestPolicy:
             guard f.loadLE(UInt32.self, at: 12) == 0 else { throw IGVMError(header: index, type: type, "reserved is not zero") }
@@ -378,7 +380,8 @@ public struct IGVMFile: Sendable {
         }
     }
 
-    static func headerType(of directive: IGVMDirective) -> IGVMHeaderType {
+    /// The header type a directive was read from.
+    public static func headerType(of directive: IGVMDirective) -> IGVMHeaderType {
         switch directive {
         case .guestPolicy: .guestPolicy
         case .parameterArea: .parameterArea

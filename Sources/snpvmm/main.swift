@@ -19,6 +19,7 @@ let commands: [Command] = [
     Command(name: "run", summary: RunCommand.summary, run: RunCommand.run),
     Command(name: "measure", summary: MeasureCommand.summary, run: MeasureCommand.run),
     Command(name: "id-block", summary: IDBlockCommand.summary, run: IDBlockCommand.run),
+    Command(name: "igvm", summary: IGVMCommand.summary, run: IGVMCommand.run),
     Command(name: "rmp", summary: RMPCommand.summary, run: RMPCommand.run),
     Command(name: "bench", summary: BenchCommand.summary, run: BenchCommand.run),
 ]

@@ -265,4 +265,27 @@ import VMMCore
         #expect(result.stdout == expected + "\n")
         #expect(result.stderr.contains("the SNP_ID_BLOCK names launch digest abab"), "\(result.stderr)")
     }
+
+    @Test func inspectPrintsOneLinePerHeaderAndJSONOneObjectEach() throws {
+        let path = try Self.write(Self.everyKind().build())
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let text = try SNPVMMExecutable.run(["igvm", "inspect", path])
+        #expect(text.status == 0, "\(text.stderr)")
+        let lines = text.stdout.split(separator: "\n")
+        #expect(lines.count == 12)
+        #expect(lines[0] == "header 0 SUPPORTED_PLATFORM platform SEV_SNP mask 0x1 highest_vtl 0 shared_gpa_boundary 0x0")
+        #expect(lines[5].hasPrefix("header 5 PAGE_DATA gpa [0x1000, 0x2000) data_type NORMAL flags - mask 0x1 file_offset "))
+        #expect(lines[5].hasSuffix(" sha384 " + SHA384.hash(Self.pattern(1)).hex))
+        #expect(lines[7] == "header 7 PAGE_DATA gpa [0x3000, 0x4000) data_type NORMAL flags UNMEASURED mask 0x1 file_offset 0 sha384 zeros")
+        #expect(lines[11].hasPrefix("header 11 VP_CONTEXT gpa 0xfffffffff000 vp 0 mask 0x1"))
+        let json = try SNPVMMExecutable.run(["igvm", "inspect", path, "--json"])
+        let objects = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]])
+        #expect(objects.count == 12)
+        #expect(objects[4]["type"] as? String == "PARAMETER_INSERT" && objects[4]["gpa"] as? String == "0x9000")
+        let bad = try Self.write(Self.with { $0.recomputeChecksum = false }())
+        defer { try? FileManager.default.removeItem(atPath: bad) }
+        let refused = try SNPVMMExecutable.run(["igvm", "inspect", bad])
+        #expect(refused.status == 2)
+        #expect(refused.stderr.hasPrefix("snpvmm: igvm inspect: \(bad): IGVM fixed header: checksum is 0x0"))
+    }
 }
