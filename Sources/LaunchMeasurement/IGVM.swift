@@ -154,7 +154,7 @@ public struct IGVMError: Error, Equatable, Sendable, CustomStringConvertible {
     public var type: IGVMHeaderType?
     public var reason: String
 
-    init(header: Int? = nil, type: IGVMHeaderType? = nil, _ reason: String) {
+    public init(header: Int? = nil, type: IGVMHeaderType? = nil, _ reason: String) {
         self.header = header
         self.type = type
         self.reason = reason

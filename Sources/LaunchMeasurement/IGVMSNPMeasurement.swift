@@ -119,7 +119,7 @@ public struct IGVMSNPLaunch: Sendable {
     }
 
     /// The VMSA's CR0 (VMCB save area offset 0x158).
-    static let cr0Offset = 0x158
+    static let cr0Offset = SNPVMSA.Offset.cr0
 
     /// Why KVM would not measure a VMSA with this CR0 as given: it sets ET
     /// (kvm_set_cr0 on x86-64), clears CD and NW in the VMCB (svm_set_cr0),

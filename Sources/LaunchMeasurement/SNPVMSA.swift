@@ -68,14 +68,14 @@ public struct SNPVMSA: Sendable, Equatable {
 
     public init() {}
 
-    /// Byte offsets in the save area.
-    enum Offset {
-        static let es = 0x000, cs = 0x010, ss = 0x020, ds = 0x030, fs = 0x040, gs = 0x050
-        static let gdtr = 0x060, ldtr = 0x070, idtr = 0x080, tr = 0x090
-        static let efer = 0x0D0, cr4 = 0x148, cr3 = 0x150, cr0 = 0x158, dr7 = 0x160, dr6 = 0x168
-        static let rflags = 0x170, rip = 0x178, rsp = 0x1D8, rax = 0x1F8, cr2 = 0x240, gPAT = 0x268
-        static let rcx = 0x308, rdx = 0x310, rbx = 0x318, rbp = 0x328, rsi = 0x330, rdi = 0x338, r8 = 0x340
-        static let sevFeatures = 0x3B0, xcr0 = 0x3E8, mxcsr = 0x408, x87FCW = 0x410
+    /// Byte offsets in the save area (APM vol. 2 table B-4).
+    public enum Offset {
+        public static let es = 0x000, cs = 0x010, ss = 0x020, ds = 0x030, fs = 0x040, gs = 0x050
+        public static let gdtr = 0x060, ldtr = 0x070, idtr = 0x080, tr = 0x090
+        public static let efer = 0x0D0, cr4 = 0x148, cr3 = 0x150, cr0 = 0x158, dr7 = 0x160, dr6 = 0x168
+        public static let rflags = 0x170, rip = 0x178, rsp = 0x1D8, rax = 0x1F8, cr2 = 0x240, gPAT = 0x268
+        public static let rcx = 0x308, rdx = 0x310, rbx = 0x318, rbp = 0x328, rsi = 0x330, rdi = 0x338, r8 = 0x340
+        public static let sevFeatures = 0x3B0, xcr0 = 0x3E8, mxcsr = 0x408, x87FCW = 0x410
     }
 
     /// The 4096-byte page.

@@ -11,6 +11,10 @@ public struct RunOptions: Equatable, Sendable {
     public var firmware: String?
     /// `--plan`: a plan-text file launched as is.
     public var plan: String?
+    /// `--igvm`: an IGVM file launched as QEMU's IGVM loader launches it.
+    public var igvm: String?
+    /// `--native-zero`: IGVM pages without data as ZERO pages.
+    public var nativeZero = false
     /// `--launch-only`: stop after the launch, print its measurement.
     public var launchOnly = false
     /// `--vcpu-type`: the CPU model whose CPUID signature the VMSAs carry.

@@ -35,6 +35,8 @@ enum RunCommand {
                           [--ram auto|guest_memfd|memfd] [--no-reboot]
            snpvmm run --plan FILE --platform snp|tdx|cca --launch-only [--emulate] [--cpus N]
                       [--vcpu-type NAME] [--memory SIZE] [--ledger FILE]
+           snpvmm run --igvm FILE --platform snp --launch-only [--emulate] [--native-zero] [--memory SIZE]
+                      [--append STR] [--ledger FILE] [--id-block B64 --id-auth B64]
            snpvmm run --firmware TDVF.fd --platform tdx --launch-only [--emulate] [--cpus N]
                       [--memory SIZE] [--ledger FILE]
            snpvmm run --firmware OVMF.fd --platform snp --launch-only --vcpu-type NAME [--emulate]
@@ -88,6 +90,13 @@ enum RunCommand {
                             platform: nothing added but the VMSAs (SNP, vCPUs in
                             their reset state) or the boot REC (CCA); with
                             --launch-only the measurement is printed
+          --igvm FILE       an IGVM file launched as QEMU's IGVM loader launches it for
+                            SEV-SNP: its directives in QEMU's order, parameter areas
+                            filled (vCPU count, memory map, --append, environment info)
+                            and inserted unmeasured, the boot vCPU from the file's VMSA;
+                            with --launch-only the measurement is printed as
+                            measure --igvm prints it
+          --native-zero     with --igvm, pages without data are ZERO pages
           --id-block B64    with --id-auth B64, an SEV-SNP ID block and its signatures
                             (QEMU's sev-snp-guest id-block and id-auth; snpvmm id-block
                             makes them) given to LAUNCH_FINISH, which refuses the launch
@@ -120,6 +129,7 @@ enum RunCommand {
             print(help)
             return .success
         }
+        if options.igvm != nil { return IGVMRun.run(options) }
         if options.firmware != nil { return FirmwareRun.run(options) }
         if options.plan != nil { return PlanRun.run(options) }
         let setup: BootSetup
@@ -196,6 +206,7 @@ enum RunCommand {
         OptionSpec(names: ["--guest-features"], takesValue: true), OptionSpec(names: ["--plan"], takesValue: true),
         OptionSpec(names: ["--id-block"], takesValue: true), OptionSpec(names: ["--id-auth"], takesValue: true),
         OptionSpec(names: ["--author-key-enabled"], takesValue: false), OptionSpec(names: ["--no-reboot"], takesValue: false),
+        OptionSpec(names: ["--igvm"], takesValue: true), OptionSpec(names: ["--native-zero"], takesValue: false),
     ], dialect: .snpvmm(command: "run"))
 
     /// Reads the command line; `--flag value` and `--flag=value` both work.
@@ -242,7 +253,26 @@ enum RunCommand {
             options.guestFeatures = value
         }
         options.plan = given["--plan"]
+        options.igvm = given["--igvm"]
+        options.nativeZero = given.has("--native-zero")
         try parseIDBlock(given, into: &options)
+        if options.igvm != nil {
+            guard options.firmware == nil, options.plan == nil, kernel == nil, options.initrd == nil else {
+                throw UsageError("--igvm launches the file as it is: no --firmware, --plan, --kernel or --initrd with it")
+            }
+            guard options.platform == .snp else { throw UsageError("--igvm launches an SEV-SNP guest; give --platform snp") }
+            guard options.launchOnly else {
+                throw UsageError("--igvm needs --launch-only: its firmware needs a vCPU that executes it quickly, which this host's emulated guest code is not")
+            }
+            guard options.cpus == 1 else {
+                throw UsageError("--igvm launches one vCPU: KVM measures a VMSA for every vCPU, and the file gives the boot vCPU's only")
+            }
+            for flag in ["--vcpu-type", "--guest-features"] where given.has(flag) {
+                throw UsageError("\(flag) does not apply to --igvm: the file's VMSA gives the vCPU's state")
+            }
+            return options
+        }
+        if options.nativeZero { throw UsageError("--native-zero applies to --igvm") }
         if options.plan != nil {
             guard options.firmware == nil, kernel == nil, options.initrd == nil else {
                 throw UsageError("--plan launches the plan as it is: no --firmware, --kernel or --initrd with it")
@@ -286,8 +316,8 @@ enum RunCommand {
         guard let blockText = given["--id-block"], let authText = given["--id-auth"] else {
             throw UsageError("--id-block and --id-auth go together: LAUNCH_FINISH takes both")
         }
-        guard options.platform == .snp, options.firmware != nil || options.plan != nil else {
-            throw UsageError("--id-block applies to an SEV-SNP firmware or plan launch (--platform snp with --firmware or --plan)")
+        guard options.platform == .snp, options.firmware != nil || options.plan != nil || options.igvm != nil else {
+            throw UsageError("--id-block applies to an SEV-SNP firmware, plan or IGVM launch (--platform snp with --firmware, --plan or --igvm)")
         }
         for (flag, text, size) in [("--id-block", blockText, SNPIDBlock.size), ("--id-auth", authText, SNPIDAuth.size)] {
             guard let bytes = Base64.decode(text) else { throw UsageError("\(flag) is not base64") }

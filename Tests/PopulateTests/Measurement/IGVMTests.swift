@@ -132,11 +132,10 @@ import VMMCore
         #expect(try Self.digest(b.build()) == Self.chain([("NORMAL", 0x2000, Self.pattern(7))]))
     }
 
-    /// An IGVM holding what QEMU loads for a direct OVMF launch (the image,
-    /// the SEV metadata sections, the boot vCPU's VMSA) measures, with
-    /// ZERO pages for pages without data, what sev-snp-measure gives.
-    @Test(arguments: [(V.bookworm, 1, "EPYC", true), (V.sid, 1, "EPYC-Genoa", true), (V.sid, 4, "EPYC-Milan", false)])
-    func anIGVMWrappingOVMFMeasuresAsSevSnpMeasureInNativeZeroTerms(image: String, vcpus: Int, type: String, checkKVM: Bool) throws {
+    /// What QEMU loads for a direct OVMF launch, as IGVM directives: the
+    /// image's pages, its SEV metadata sections (SNP_SEC_MEM as pages without
+    /// data), and each vCPU's VMSA.
+    static func wrapping(image: String, vcpus: Int, type: String) throws -> IGVMBuilder {
         let ovmf = try OVMFImage(bytes: V.bytes(image))
         let measurement = SNPGuestMeasurement(vcpus: vcpus, vcpuSignature: try #require(SNPVCPUSignature.signature(named: type)))
         var b = IGVMBuilder()
@@ -158,6 +157,15 @@ import VMMCore
             }
         }
         for page in try measurement.vmsaPages(for: ovmf) { b.vmsa(page) }
+        return b
+    }
+
+    /// An IGVM holding what QEMU loads for a direct OVMF launch (the image,
+    /// the SEV metadata sections, the boot vCPU's VMSA) measures, with
+    /// ZERO pages for pages without data, what sev-snp-measure gives.
+    @Test(arguments: [(V.bookworm, 1, "EPYC", true), (V.sid, 1, "EPYC-Genoa", true), (V.sid, 4, "EPYC-Milan", false)])
+    func anIGVMWrappingOVMFMeasuresAsSevSnpMeasureInNativeZeroTerms(image: String, vcpus: Int, type: String, checkKVM: Bool) throws {
+        let b = try Self.wrapping(image: image, vcpus: vcpus, type: type)
         let expected = try #require(FirmwareLaunchTests.matrix.first {
             $0.image == image && $0.value("--vcpus") == "\(vcpus)" && $0.value("--vcpu-type") == type && $0.value("--kernel") == nil
         }).measurement
@@ -287,5 +295,52 @@ import VMMCore
         let refused = try SNPVMMExecutable.run(["igvm", "inspect", bad])
         #expect(refused.status == 2)
         #expect(refused.stderr.hasPrefix("snpvmm: igvm inspect: \(bad): IGVM fixed header: checksum is 0x0"))
+    }
+
+    /// The emulated launch of an IGVM prints what `measure --igvm` gives,
+    /// with and without ZERO pages, and its ledger replays to it.
+    @Test(arguments: [true, false])
+    func runIGVMLaunchOnlyPrintsWhatMeasureGivesAndItsLedgerReplays(nativeZero: Bool) throws {
+        var b = try Self.wrapping(image: V.bookworm, vcpus: 1, type: "EPYC")
+        // A one-page parameter area with a vCPU count and memory map, inserted where no page lies.
+        b.headers.insert(IGVMBuilder.Header(type: 0x301, body: IGVMBuilder.le(UInt64(4096)) + IGVMBuilder.le(UInt32(0)) + IGVMBuilder.le(UInt32(0))), at: 1)
+        b.headers.insert(IGVMBuilder.Header(type: 0x307, body: IGVMBuilder.le(UInt32(0)) + IGVMBuilder.le(UInt32(0))), at: 2)
+        b.headers.insert(IGVMBuilder.Header(type: 0x30C, body: IGVMBuilder.le(UInt32(0)) + IGVMBuilder.le(UInt32(8))), at: 3)
+        b.headers.insert(IGVMBuilder.Header(type: 0x303, body: IGVMBuilder.le(UInt64(0x10_0000)) + IGVMBuilder.le(UInt32(1)) + IGVMBuilder.le(UInt32(0))), at: 4)
+        let path = try Self.write(b.build())
+        let ledger = path + ".jsonl"
+        defer { for file in [path, ledger] { try? FileManager.default.removeItem(atPath: file) } }
+        let flag = nativeZero ? ["--native-zero"] : []
+        let measured = try SNPVMMExecutable.run(["measure", "--mode", "snp", "--igvm", path] + flag)
+        #expect(measured.status == 0, "\(measured.stderr)")
+        let run = try SNPVMMExecutable.run(["run", "--igvm", path, "--platform", "snp", "--emulate", "--launch-only",
+                                            "--ledger", ledger] + flag)
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stdout == measured.stdout)
+        let (replayed, recorded) = try FirmwareLaunchTests.replay(try String(contentsOfFile: ledger, encoding: .utf8))
+        #expect(Hex.encode(replayed) + "\n" == measured.stdout)
+        #expect(recorded + "\n" == measured.stdout)
+    }
+
+    @Test func runIGVMRefusesAVMSAKVMCannotBuildFromVCPUState() throws {
+        let path = try Self.write(Self.everyKind().build())
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let run = try SNPVMMExecutable.run(["run", "--igvm", path, "--platform", "snp", "--emulate", "--launch-only"])
+        #expect(run.status == 2)
+        #expect(run.stderr.contains("IGVM header 11 (VP_CONTEXT): the VMSA holds state KVM does not set from a vCPU's registers (first at save-area offset 0xd1)"),
+                "\(run.stderr)")
+    }
+
+    @Test(arguments: [
+        (["--launch-only"], "--igvm launches an SEV-SNP guest; give --platform snp"),
+        (["--platform", "snp"], "--igvm needs --launch-only"),
+        (["--platform", "snp", "--launch-only", "--cpus", "2"], "--igvm launches one vCPU"),
+        (["--platform", "snp", "--launch-only", "--vcpu-type", "EPYC"], "--vcpu-type does not apply to --igvm"),
+        (["--platform", "snp", "--launch-only", "--kernel", "inputs/kernel.bin"], "--igvm launches the file as it is"),
+    ])
+    func runIGVMMistakesAreOneLineUsageErrors(arguments: [String], mentions: String) throws {
+        let result = try SNPVMMExecutable.run(["run", "--igvm", "x.igvm", "--emulate"] + arguments)
+        #expect(result.status == 2)
+        #expect(result.stderr.contains(mentions) && result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
     }
 }

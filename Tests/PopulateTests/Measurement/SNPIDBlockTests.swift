@@ -261,7 +261,7 @@ import Testing
         let result = try SNPVMMExecutable.run(["run", "--kernel", "inputs/kernel.bin", "--platform", "snp", "--emulate",
                                                "--id-block", "AAAA", "--id-auth", "AAAA"])
         #expect(result.status == 2)
-        #expect(result.stderr.contains("--id-block applies to an SEV-SNP firmware or plan launch"), "\(result.stderr)")
+        #expect(result.stderr.contains("--id-block applies to an SEV-SNP firmware, plan or IGVM launch"), "\(result.stderr)")
     }
 
     @Test func base64AgreesWithFoundation() {

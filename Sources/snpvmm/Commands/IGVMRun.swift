@@ -1,0 +1,57 @@
+import GuestMemfd
+import KVMFake
+import LaunchMeasurement
+import Populate
+import VMMCore
+
+/// `snpvmm run --igvm FILE --platform snp --launch-only`: an IGVM file
+/// launched as QEMU's IGVM loader launches it, on the emulated platform or
+/// this host's KVM; the launch measurement is printed as `measure --igvm`
+/// prints it.
+enum IGVMRun {
+    static func run(_ options: RunOptions) -> ExitCode {
+        let path = options.igvm!
+        let launch: IGVMLaunch
+        let boot: IGVMLaunch.BootState?
+        do {
+            launch = try IGVMLaunch(file: try IGVMFile(bytes: try FileBytes.read(path)), nativeZero: options.nativeZero,
+                                    memorySize: options.memory, vcpus: options.cpus, commandLine: options.append)
+            boot = try launch.bootState()
+        } catch {
+            fail("run: \(path): \(error)", status: .usage)
+        }
+        let plan = launch.plan()
+        do {
+            let fake = options.emulate ? FakeKVM(profile: .snpHost) : nil
+            let kvm = try KVM.open(using: fake ?? (try FeatureHidingKernel.hostKernel()))
+            // KVM adds SNPActive itself; INIT2 takes the VMSA's other features, as QEMU takes them from the file.
+            let features = (boot?.sevFeatures ?? 0) & ~SNPBackend.snpActive
+            let policy = launch.launch.policy.map(SNPGuestPolicy.init(rawValue:)) ?? .default
+            let session = try LaunchSession(kvm: kvm, platform: .snp(SNPLaunchParameters(
+                policy: policy, vmsaFeatures: features, finish: options.launchFinish)))
+            try session.createVCPUs(1)
+            if let boot { try session.setBootState(regs: boot.regs, sregs: boot.sregs, vcpu: 0) }
+            try session.createMemory(at: 0, size: options.memory, slot: 0)
+            var slot: UInt32 = 1
+            for range in PlanRun.outside(plan, memory: options.memory) {
+                try session.createMemory(at: range.start.rawValue, size: range.size, slot: slot)
+                slot += 1
+            }
+            var engine = PopulateOptions()
+            engine.log = StandardError.log
+            engine.observer = fake?.observer(of: session.vm)
+            let result = try session.populate(plan, options: engine)
+            try LaunchReport.print(result, label: options.emulate ? "emulated snp igvm" : "snp igvm",
+                                   ledgerPath: options.ledger, log: StandardError.log)
+            print(Hex.encode(result.expectedMeasurement ?? []))
+            return .success
+        } catch let error as LaunchError {
+            if case .population(let populateError) = error, case .plan = populateError.reason {
+                fail("run: \(path): \(populateError)", status: .usage)
+            }
+            fail("run: \(SNPLaunchFinish.refusal(of: error, idBlock: options.idBlock) ?? "\(error)")")
+        } catch {
+            fail("run: \(error)")
+        }
+    }
+}
