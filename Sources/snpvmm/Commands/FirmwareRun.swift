@@ -38,13 +38,7 @@ enum FirmwareRun {
             try session.createVCPUs(options.cpus)
             try session.createMemory(at: 0, size: options.memory, slot: 0)
             try session.createMemory(at: launch.firmwareRange.start.rawValue, size: launch.firmwareRange.size, slot: 1)
-            var engine = PopulateOptions()
-            engine.log = StandardError.log
-            engine.observer = fake?.observer(of: session.vm)
-            let result = try session.populate(plan, options: engine)
-            try LaunchReport.print(result, label: options.emulate ? "emulated tdx firmware" : "tdx firmware",
-                                   ledgerPath: options.ledger, log: StandardError.log)
-            print(Hex.encode(result.expectedMeasurement ?? []))
+            try LaunchOnly.finish(session, plan: plan, fake: fake, label: "tdx firmware", ledger: options.ledger)
             return .success
         } catch {
             fail("run: \(error)")
@@ -82,13 +76,7 @@ enum FirmwareRun {
             }
             try session.createMemory(at: 0, size: options.memory, slot: 0)
             try session.createMemory(at: launch.firmwareRange.start.rawValue, size: launch.firmwareRange.size, slot: 1)
-            var engine = PopulateOptions()
-            engine.log = StandardError.log
-            engine.observer = fake?.observer(of: session.vm)
-            let result = try session.populate(plan, options: engine)
-            try LaunchReport.print(result, label: options.emulate ? "emulated snp firmware" : "snp firmware",
-                                   ledgerPath: options.ledger, log: StandardError.log)
-            print(Hex.encode(result.expectedMeasurement ?? []))
+            try LaunchOnly.finish(session, plan: plan, fake: fake, label: "snp firmware", ledger: options.ledger)
             return .success
         } catch {
             fail("run: \(SNPLaunchFinish.refusal(of: error, idBlock: options.idBlock) ?? "\(error)")")
@@ -124,5 +112,20 @@ extension SNPLaunchFinish {
         default: "\(kernel)"
         }
         return "LAUNCH_FINISH refused the ID block with firmware status \(status): \(why)"
+    }
+}
+
+/// The end every `--launch-only` launch shares.
+enum LaunchOnly {
+    /// Populates `plan` through `session` (checked against the emulated
+    /// firmware's own measurement where `fake` is given), reports on
+    /// standard error, writes the ledger, and prints the measurement.
+    static func finish(_ session: LaunchSession, plan: LaunchPlan, fake: FakeKVM?, label: String, ledger: String?) throws {
+        var engine = PopulateOptions()
+        engine.log = StandardError.log
+        engine.observer = fake?.observer(of: session.vm)
+        let result = try session.populate(plan, options: engine)
+        try LaunchReport.print(result, label: (fake == nil ? "" : "emulated ") + label, ledgerPath: ledger, log: StandardError.log)
+        print(Hex.encode(result.expectedMeasurement ?? []))
     }
 }

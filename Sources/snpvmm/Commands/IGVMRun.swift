@@ -37,13 +37,7 @@ enum IGVMRun {
                 try session.createMemory(at: range.start.rawValue, size: range.size, slot: slot)
                 slot += 1
             }
-            var engine = PopulateOptions()
-            engine.log = StandardError.log
-            engine.observer = fake?.observer(of: session.vm)
-            let result = try session.populate(plan, options: engine)
-            try LaunchReport.print(result, label: options.emulate ? "emulated snp igvm" : "snp igvm",
-                                   ledgerPath: options.ledger, log: StandardError.log)
-            print(Hex.encode(result.expectedMeasurement ?? []))
+            try LaunchOnly.finish(session, plan: plan, fake: fake, label: "snp igvm", ledger: options.ledger)
             return .success
         } catch let error as LaunchError {
             if case .population(let populateError) = error, case .plan = populateError.reason {
