@@ -153,9 +153,8 @@ public struct CCARealmMeasurement: Sendable, Equatable {
         let total = (lead + contents.count + Self.granuleSize - 1) / Self.granuleSize * Self.granuleSize
         var padded = [UInt8](repeating: 0, count: max(total, 0))
         padded.replaceSubrange(lead..<(lead + contents.count), with: contents)
-        let algorithm = algorithm.digest
         padded.withUnsafeBytes { bytes in
-            ParallelPageHasher.forEachPageDigest(bytes, digestLength: self.algorithm.digestLength, hash: { algorithm.hash($0) }) {
+            ParallelPageHasher.forEachPageDigest(bytes, algorithm: algorithm.digest) {
                 granule, digest in
                 extendData(ipa: start + UInt64(granule * Self.granuleSize), contentDigest: Array(digest))
             }

@@ -26,7 +26,7 @@ public final class SHA384 {
     private let context: OpaquePointer
 
     public init() {
-        guard let context = EVP_MD_CTX_new(), EVP_DigestInit_ex(context, EVP_sha384(), nil) == 1 else {
+        guard let context = EVP_MD_CTX_new(), EVP_DigestInit_ex2(context, FetchedDigest.sha384.pointer, nil) == 1 else {
             fatalError("libcrypto could not set up a SHA-384 context (out of memory)")
         }
         self.context = context
@@ -57,6 +57,7 @@ public final class SHA384 {
 
     /// The digest of `bytes` in one call.
     public static func hash<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> SHA384Digest {
+        if let digest = bytes.withContiguousStorageIfAvailable({ hash(UnsafeRawBufferPointer($0)) }) { return digest }
         let hasher = SHA384()
         hasher.update(bytes)
         return hasher.finalize()
@@ -64,9 +65,12 @@ public final class SHA384 {
 
     /// The digest of `bytes` in one call.
     public static func hash(_ bytes: UnsafeRawBufferPointer) -> SHA384Digest {
-        let hasher = SHA384()
-        hasher.update(bytes)
-        return hasher.finalize()
+        var output = [UInt8](repeating: 0, count: 48)
+        var length: UInt32 = 0
+        guard EVP_Digest(bytes.baseAddress, bytes.count, &output, &length, FetchedDigest.sha384.pointer, nil) == 1 else {
+            fatalError("libcrypto could not compute a SHA-384 digest (out of memory)")
+        }
+        return SHA384Digest(bytes: output)
     }
 }
 

@@ -67,9 +67,21 @@ public struct SNPLaunchDigest: Sendable, Equatable {
     /// - Throws: `SNPLaunchDigestError.notWholePages` for a partial page.
     public mutating func addNormalPages(gpa: UInt64, contents: UnsafeRawBufferPointer) throws(SNPLaunchDigestError) {
         guard contents.count % 4096 == 0 else { throw .notWholePages(gpa: gpa, length: contents.count) }
-        ParallelPageHasher.forEachPageDigest(contents, digestLength: 48, hash: { SHA384.hash($0).bytes }) { page, digest in
-            addPage(gpa: gpa &+ UInt64(page) &* 4096, type: .normal, contentsDigest: SHA384Digest(bytes: Array(digest)))
+        // One PAGE_INFO buffer for the whole run: each page's digest is
+        // written over the current digest at its start, ready for the next.
+        let chain = PageDigester(.sha384)
+        var info = [UInt8](repeating: 0, count: 0x70)
+        info.replaceSubrange(0..<48, with: value.bytes)
+        info[0x60] = 0x70
+        info[0x62] = SNPPageType.normal.rawValue
+        info.withUnsafeMutableBytes { info in
+            ParallelPageHasher.forEachPageDigest(contents, algorithm: .sha384) { page, digest in
+                (info.baseAddress! + 0x30).copyMemory(from: digest.baseAddress!, byteCount: 48)
+                info.storeBytes(of: (gpa &+ UInt64(page) &* 4096).littleEndian, toByteOffset: 0x68, as: UInt64.self)
+                chain.digest(UnsafeRawBufferPointer(info), into: info.baseAddress!)
+            }
         }
+        value = SHA384Digest(bytes: Array(info[0..<48]))
     }
 
     /// Adds consecutive NORMAL pages from `gpa` whose bytes are `contents`.

@@ -119,11 +119,18 @@ public struct SNPVMSA: Sendable, Equatable {
 /// structure's length 0x70, the page type and the GPA.
 public func snpPageInfoDigest(current: SHA384Digest, contentsHash: SHA384Digest?, type: SNPPageType,
                               gpa: UInt64) -> SHA384Digest {
-    var info = [UInt8](repeating: 0, count: 0x70)
-    info.replaceSubrange(0..<48, with: current.bytes)
-    if let contentsHash { info.replaceSubrange(0x30..<0x60, with: contentsHash.bytes) }
-    info[0x60] = 0x70
-    info[0x62] = type.rawValue
-    withUnsafeBytes(of: gpa.littleEndian) { info.replaceSubrange(0x68..<0x70, with: $0) }
-    return SHA384.hash(info)
+    snpPageInfoDigest(current: current, contentsHash: contentsHash, type: type, gpa: gpa) { SHA384.hash($0) }
+}
+
+private func snpPageInfoDigest(current: SHA384Digest, contentsHash: SHA384Digest?, type: SNPPageType, gpa: UInt64,
+                               hash: (UnsafeRawBufferPointer) -> SHA384Digest) -> SHA384Digest {
+    withUnsafeTemporaryAllocation(byteCount: 0x70, alignment: 8) { info in
+        info.initializeMemory(as: UInt8.self, repeating: 0)
+        current.bytes.withUnsafeBytes { info.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: 48) }
+        contentsHash?.bytes.withUnsafeBytes { (info.baseAddress! + 0x30).copyMemory(from: $0.baseAddress!, byteCount: 48) }
+        info[0x60] = 0x70
+        info[0x62] = type.rawValue
+        info.storeBytes(of: gpa.littleEndian, toByteOffset: 0x68, as: UInt64.self)
+        return hash(UnsafeRawBufferPointer(info))
+    }
 }

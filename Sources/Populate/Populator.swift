@@ -177,7 +177,7 @@ public final class Populator {
         guard region.kind == .normal, measured else { return [] }
         var hashes = [[UInt8]](repeating: [], count: contents.count / Int(pageSize))
         contents.withUnsafeBytes { raw in
-            ParallelPageHasher.forEachPageDigest(raw, digestLength: 48, hash: { SHA384.hash($0).bytes }) { page, digest in
+            ParallelPageHasher.forEachPageDigest(raw, algorithm: .sha384) { page, digest in
                 hashes[page] = Array(digest)
             }
         }
