@@ -15,8 +15,23 @@ public struct PopulateReport: Sendable, Equatable, CustomStringConvertible {
     /// Calls sent again for what an interrupted or short call left (EINTR,
     /// EAGAIN, a signal part-way), and CPUID corrections.
     public var retries = 0
-    /// Seconds per phase: validate, fill, convert, populate, finish.
+    /// Seconds per phase, in the order they run for a region: validate the
+    /// plan; read the region's contents; measure (hash the pages the
+    /// platform measures by content); fill (write in place, or copy into a
+    /// source buffer); convert to private; populate (the platform's calls);
+    /// finish.
     public var phaseSeconds: [String: Double] = [:]
+    /// Bytes each phase handled; with `phaseSeconds`, its rate.
+    public var phaseBytes: [String: UInt64] = [:]
+
+    /// The phases, in the order they run.
+    public static let phases = ["validate", "read", "measure", "fill", "convert", "populate", "finish"]
+
+    /// GiB per second through `phase`, where it handled bytes and took measurable time.
+    public func gibPerSecond(_ phase: String) -> Double? {
+        guard let bytes = phaseBytes[phase], bytes > 0, let seconds = phaseSeconds[phase], seconds > 0 else { return nil }
+        return Double(bytes) / Double(1 << 30) / seconds
+    }
     /// How guest memory was faulted in ahead of the guest, if it was.
     public var prePopulation: String?
     /// The host pages backing guest memory, and why not those asked for.
@@ -38,8 +53,10 @@ public struct PopulateReport: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         let kinds = PageKind.allCases.compactMap { kind in pagesByKind[kind].map { "\(kind.rawValue) \($0)" } }
-        let phases = ["validate", "fill", "convert", "populate", "finish"].compactMap { phase in
-            phaseSeconds[phase].map { "\(phase) \(String(format3: $0 * 1000)) ms" }
+        let phases = Self.phases.compactMap { phase in
+            phaseSeconds[phase].map { seconds in
+                "\(phase) \(String(format3: seconds * 1000)) ms" + (gibPerSecond(phase).map { " (\(String(format3: $0)) GiB/s)" } ?? "")
+            }
         }
         var lines = [
             "platform \(platform), policy \(policy)",

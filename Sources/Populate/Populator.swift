@@ -120,7 +120,7 @@ public final class Populator {
         for (index, region) in plan.regions.enumerated() {
             if !capabilities.privateMemory {
                 try writeInPlace(region, index: index, state: &state)
-                clock.lap("fill")
+                clock.lap("fill", bytes: region.range.size)
                 continue
             }
             var contents: [UInt8] = []
@@ -136,8 +136,10 @@ public final class Populator {
                 } catch {
                     throw state.failure(.contents(error.description))
                 }
+                clock.lap("read", bytes: UInt64(contents.count))
             }
             let hashes = measuredPageHashes(region, contents, measured: measurement.algorithm != .none)
+            if !hashes.isEmpty { clock.lap("measure", bytes: UInt64(contents.count)) }
             try populateRegion(region, contents: contents, hashes: hashes, measurement: measurement, state: &state,
                                clock: &clock)
         }
@@ -168,6 +170,7 @@ public final class Populator {
                                                      firstDivergingPage: firstDivergence(measurement.pageLog)))
         }
         state.report.phaseSeconds = clock.laps
+        state.report.phaseBytes = clock.bytes
         return PopulateResult(report: state.report, ledger: state.ledger, expectedMeasurement: expected,
                               reportedMeasurement: reported)
     }
@@ -195,7 +198,7 @@ public final class Populator {
         // In place, the host writes the bytes while the pages are shared.
         if inPlace {
             try writeThroughMappings(contents, at: range.start.rawValue, state: &state)
-            clock.lap("fill")
+            clock.lap("fill", bytes: UInt64(contents.count))
         }
         var conversionRetries = 0
         while true {
@@ -217,14 +220,14 @@ public final class Populator {
         }
         state.report.ioctls += inPlace ? memory.slots.filter { $0.range.overlaps(range) }.count : 1
         state.madePrivate.append(range)
-        clock.lap("convert")
+        clock.lap("convert", bytes: range.size)
 
         let needsCall = !capabilities.kindsWithoutCall.contains(region.kind)
         var source: SourceBuffer?
         if !inPlace && needsCall && !capabilities.kindsWithoutSource.contains(region.kind) {
             source = SourceBuffer(contents, memory: options.sourceMemory)
             state.report.bytesCopied += UInt64(contents.count)
-            clock.lap("fill")
+            clock.lap("fill", bytes: UInt64(contents.count))
         }
         defer { source?.wipe() }
         if needsCall {
@@ -232,7 +235,7 @@ public final class Populator {
                            state: &state)
         }
         state.populated.append(range)
-        clock.lap("populate")
+        clock.lap("populate", bytes: needsCall ? range.size : 0)
     }
 
     /// Writes a region of a plain guest straight into its guest_memfd
@@ -496,6 +499,8 @@ extension [UInt8] {
 struct PhaseClock {
     private var last = PhaseClock.now()
     private(set) var laps: [String: Double] = [:]
+    /// Bytes each phase handled, for its rate.
+    private(set) var bytes: [String: UInt64] = [:]
 
     static func now() -> Double {
         var time = timespec()
@@ -503,9 +508,10 @@ struct PhaseClock {
         return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
     }
 
-    mutating func lap(_ phase: String) {
+    mutating func lap(_ phase: String, bytes count: UInt64 = 0) {
         let now = PhaseClock.now()
         laps[phase, default: 0] += now - last
+        bytes[phase, default: 0] += count
         last = now
     }
 }

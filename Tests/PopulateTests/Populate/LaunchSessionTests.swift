@@ -30,6 +30,25 @@ import Testing
         #expect(fake.openDescriptors == 0)
     }
 
+    /// Each phase counts the bytes it handled, so the report can give a rate per phase.
+    @Test func theReportCountsTheBytesOfEachPhase() throws {
+        let session = try LaunchSession(kvm: try KVM.open(using: FakeKVM(profile: .snpHost)), platform: .snp(SNPLaunchParameters()))
+        try session.createVCPUs(1)
+        try session.createMemory(at: 0, size: 0x10_0000, slot: 0)
+        let plan = LaunchPlan(regions: [
+            PlanRegion(name: "image", range: GuestRange(start: 0, size: 0x3000), contents: .bytes([7, 8, 9])),
+            PlanRegion(name: "zeros", range: GuestRange(start: 0x8000, size: 0x2000), contents: .zeros, kind: .zero),
+        ])
+        let report = try session.populate(plan).report
+        #expect(report.phaseBytes["measure"] == 0x3000, "only NORMAL pages are hashed")
+        #expect(report.phaseBytes["convert"] == 0x5000)
+        #expect(report.phaseBytes["populate"] == 0x5000)
+        #expect(report.phaseBytes["fill"] == 0x3000, "a ZERO region takes no source bytes")
+        #expect(report.gibPerSecond("populate") != nil)
+        #expect(report.gibPerSecond("validate") == nil, "validation handles no bytes")
+        #expect(report.description.contains("populate ") && report.description.contains(" GiB/s)"))
+    }
+
     @Test func populatingBeforeTheVCPUsExistIsRefusedBeforeAnyIoctl() throws {
         let session = try LaunchSession(kvm: try KVM.open(using: FakeKVM(profile: .snpHost)), platform: .snp(SNPLaunchParameters()))
         try session.createMemory(at: 0, size: 0x10000, slot: 0)
