@@ -6,13 +6,7 @@ public enum CCAHashAlgorithm: UInt8, Sendable, CaseIterable {
     case sha384 = 2
 
     /// The digest length in bytes.
-    public var digestLength: Int {
-        switch self {
-        case .sha256: 32
-        case .sha384: 48
-        case .sha512: 64
-        }
-    }
+    public var digestLength: Int { digest.digestLength }
 
     var digest: MessageDigest {
         switch self {

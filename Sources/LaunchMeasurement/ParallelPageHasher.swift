@@ -1,4 +1,3 @@
-import CLibcrypto
 import Dispatch
 
 /// Hashes consecutive 4 KiB pages on all cores and folds the hashes into a
@@ -77,59 +76,4 @@ struct UncheckedSendable<Value>: @unchecked Sendable {
 struct UnsafeSendableAddress: @unchecked Sendable {
     let pointer: UnsafeRawPointer
     init(_ pointer: UnsafeRawPointer) { self.pointer = pointer }
-}
-
-/// One libcrypto digest context, reused page after page by one thread, with
-/// the algorithm fetched once per process: OpenSSL 3 looks an algorithm up
-/// under a lock on every implicit fetch (EVP_sha384() in EVP_DigestInit_ex),
-/// which serialised the threads.
-final class PageDigester {
-    private let context: OpaquePointer
-    private let algorithm: OpaquePointer
-
-    init(_ digest: MessageDigest) {
-        guard let context = EVP_MD_CTX_new() else { fatalError("libcrypto could not allocate a digest context (out of memory)") }
-        self.context = context
-        self.algorithm = digest.fetched.pointer
-    }
-
-    deinit { EVP_MD_CTX_free(context) }
-
-    /// Writes the digest of `bytes` to `output`, which holds the algorithm's digest length.
-    func digest(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableRawPointer) {
-        var length: UInt32 = 0
-        guard EVP_DigestInit_ex2(context, algorithm, nil) == 1, EVP_DigestUpdate(context, bytes.baseAddress, bytes.count) == 1,
-              EVP_DigestFinal_ex(context, output.assumingMemoryBound(to: UInt8.self), &length) == 1 else {
-            fatalError("libcrypto could not compute a digest")
-        }
-    }
-}
-
-/// An algorithm fetched from libcrypto's default provider, kept for the process.
-struct FetchedDigest: @unchecked Sendable {
-    let pointer: OpaquePointer
-    init(_ name: String) {
-        guard let pointer = EVP_MD_fetch(nil, name, nil) else { fatalError("libcrypto has no \(name)") }
-        self.pointer = pointer
-    }
-    static let sha256 = FetchedDigest("SHA256"), sha384 = FetchedDigest("SHA384"), sha512 = FetchedDigest("SHA512")
-}
-
-extension MessageDigest {
-    var fetched: FetchedDigest {
-        switch self {
-        case .sha256: .sha256
-        case .sha384: .sha384
-        case .sha512: .sha512
-        }
-    }
-
-    /// Bytes in one digest.
-    public var digestLength: Int {
-        switch self {
-        case .sha256: 32
-        case .sha384: 48
-        case .sha512: 64
-        }
-    }
 }

@@ -65,12 +65,7 @@ public final class SHA384 {
 
     /// The digest of `bytes` in one call.
     public static func hash(_ bytes: UnsafeRawBufferPointer) -> SHA384Digest {
-        var output = [UInt8](repeating: 0, count: 48)
-        var length: UInt32 = 0
-        guard EVP_Digest(bytes.baseAddress, bytes.count, &output, &length, FetchedDigest.sha384.pointer, nil) == 1 else {
-            fatalError("libcrypto could not compute a SHA-384 digest (out of memory)")
-        }
-        return SHA384Digest(bytes: output)
+        SHA384Digest(bytes: MessageDigest.sha384.hash(bytes))
     }
 }
 
@@ -81,19 +76,69 @@ public enum MessageDigest: Sendable {
 
     /// The digest of `bytes`.
     public func hash(_ bytes: UnsafeRawBufferPointer) -> [UInt8] {
-        let algorithm: OpaquePointer? = switch self {
-        case .sha256: EVP_sha256()
-        case .sha384: EVP_sha384()
-        case .sha512: EVP_sha512()
-        }
-        var output = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var output = [UInt8](repeating: 0, count: digestLength)
         var length: UInt32 = 0
-        guard EVP_Digest(bytes.baseAddress, bytes.count, &output, &length, algorithm, nil) == 1 else {
+        guard EVP_Digest(bytes.baseAddress, bytes.count, &output, &length, fetched.pointer, nil) == 1 else {
             fatalError("libcrypto could not compute a digest (out of memory)")
         }
-        return Array(output.prefix(Int(length)))
+        return output
     }
 
     /// The digest of `bytes`.
     public func hash(_ bytes: [UInt8]) -> [UInt8] { bytes.withUnsafeBytes { hash($0) } }
+}
+
+/// One libcrypto digest context, reused page after page by one thread, with
+/// the algorithm fetched once per process: OpenSSL 3 looks an algorithm up
+/// under a lock on every implicit fetch (EVP_sha384() in EVP_DigestInit_ex),
+/// which serialised the threads.
+final class PageDigester {
+    private let context: OpaquePointer
+    private let algorithm: OpaquePointer
+
+    init(_ digest: MessageDigest) {
+        guard let context = EVP_MD_CTX_new() else { fatalError("libcrypto could not allocate a digest context (out of memory)") }
+        self.context = context
+        self.algorithm = digest.fetched.pointer
+    }
+
+    deinit { EVP_MD_CTX_free(context) }
+
+    /// Writes the digest of `bytes` to `output`, which holds the algorithm's digest length.
+    func digest(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableRawPointer) {
+        var length: UInt32 = 0
+        guard EVP_DigestInit_ex2(context, algorithm, nil) == 1, EVP_DigestUpdate(context, bytes.baseAddress, bytes.count) == 1,
+              EVP_DigestFinal_ex(context, output.assumingMemoryBound(to: UInt8.self), &length) == 1 else {
+            fatalError("libcrypto could not compute a digest")
+        }
+    }
+}
+
+/// An algorithm fetched from libcrypto's default provider, kept for the process.
+struct FetchedDigest: @unchecked Sendable {
+    let pointer: OpaquePointer
+    init(_ name: String) {
+        guard let pointer = EVP_MD_fetch(nil, name, nil) else { fatalError("libcrypto has no \(name)") }
+        self.pointer = pointer
+    }
+    static let sha256 = FetchedDigest("SHA256"), sha384 = FetchedDigest("SHA384"), sha512 = FetchedDigest("SHA512")
+}
+
+extension MessageDigest {
+    var fetched: FetchedDigest {
+        switch self {
+        case .sha256: .sha256
+        case .sha384: .sha384
+        case .sha512: .sha512
+        }
+    }
+
+    /// Bytes in one digest.
+    public var digestLength: Int {
+        switch self {
+        case .sha256: 32
+        case .sha384: 48
+        case .sha512: 64
+        }
+    }
 }
