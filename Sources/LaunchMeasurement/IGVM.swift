@@ -315,6 +315,19 @@ public struct IGVMFile: Sendable {
             IGVMError(header: index, type: Self.headerType(of: directive), reason)
         }
         func dataFits(_ offset: UInt32, _ size: Int) -> Bool { offset == 0 || Int(offset) + size <= bytes.count }
+        /// Records the pages from `gpa` as given for each platform in `mask`; a page given twice is refused.
+        func claim(_ gpa: UInt64, bytes: UInt64, mask: UInt32, _ index: Int, _ directive: IGVMDirective) throws(IGVMError) {
+            guard gpa <= UInt64.max - bytes else {
+                throw fail(index, directive, "gpa 0x\(String(gpa, radix: 16)) + \(bytes) bytes runs past the 64-bit address space")
+            }
+            for bit in 0..<32 where mask & (1 << bit) != 0 {
+                for page in stride(from: gpa, to: gpa + bytes, by: Self.pageSize) {
+                    guard pages[1 << bit, default: []].insert(page).inserted else {
+                        throw fail(index, directive, "page 0x\(String(page, radix: 16)) is already given for mask 0x\(String(1 << bit, radix: 16))")
+                    }
+                }
+            }
+        }
         for (index, directive) in directives {
             if let mask = directive.compatibilityMask, mask == 0 || mask & ~declared != 0 {
                 throw fail(index, directive, "compatibility_mask 0x\(String(mask, radix: 16)) names a platform the file does not declare (declared 0x\(String(declared, radix: 16)))")
@@ -342,24 +355,12 @@ public struct IGVMFile: Sendable {
                 guard dataFits(fileOffset, Self.pageSize) else {
                     throw fail(index, directive, "file_offset \(fileOffset) + 4096 bytes runs past the end of the \(bytes.count)-byte file")
                 }
-                for bit in 0..<32 where mask & (1 << bit) != 0 {
-                    for page in 0..<UInt64(size / Self.pageSize) {
-                        guard pages[1 << bit, default: []].insert(gpa + page * UInt64(Self.pageSize)).inserted else {
-                            throw fail(index, directive, "page 0x\(String(gpa + page * 4096, radix: 16)) is already given for mask 0x\(String(1 << bit, radix: 16))")
-                        }
-                    }
-                }
+                try claim(gpa, bytes: UInt64(size), mask: mask, index, directive)
             case let .parameterInsert(gpa, mask, area):
                 guard let size = areas[area] else { throw fail(index, directive, "parameter_area_index \(area) is not declared before it") }
                 guard gpa % UInt64(Self.pageSize) == 0 else { throw fail(index, directive, "gpa 0x\(String(gpa, radix: 16)) is not 4 KiB aligned") }
                 guard inserted.insert(area).inserted else { throw fail(index, directive, "parameter area \(area) is inserted twice") }
-                for bit in 0..<32 where mask & (1 << bit) != 0 {
-                    for page in 0..<(size / UInt64(Self.pageSize)) {
-                        guard pages[1 << bit, default: []].insert(gpa + page * UInt64(Self.pageSize)).inserted else {
-                            throw fail(index, directive, "page 0x\(String(gpa + page * 4096, radix: 16)) is already given for mask 0x\(String(1 << bit, radix: 16))")
-                        }
-                    }
-                }
+                try claim(gpa, bytes: size, mask: mask, index, directive)
             case let .vpContext(gpa, mask, fileOffset, _):
                 guard platforms.contains(where: { $0.compatibilityMask == mask }) else {
                     throw fail(index, directive, "compatibility_mask 0x\(String(mask, radix: 16)) is not exactly one platform's")

@@ -74,7 +74,11 @@ enum IGVMCommand {
 
     static func describe(_ file: IGVMFile) -> [Row] {
         func hex(_ value: some BinaryInteger) -> String { Hex.number(value) }
-        func range(_ gpa: UInt64, _ size: UInt64) -> String { "[\(hex(gpa)), \(hex(gpa + size)))" }
+        func range(_ gpa: UInt64, _ size: UInt64) -> String {
+            // REQUIRED_MEMORY and ERROR_RANGE are not bounded by the reader; an end past 2^64 is shown as a length.
+            let (end, overflow) = gpa.addingReportingOverflow(size)
+            return overflow ? "[\(hex(gpa)), +\(hex(size)))" : "[\(hex(gpa)), \(hex(end)))"
+        }
         func hash(_ offset: UInt32) -> String { offset == 0 ? "zeros" : SHA384.hash(file.page(at: offset)).hex }
         var rows: [(Int, Row)] = file.platforms.map { platform in
             (platform.header, [("header", "\(platform.header)"), ("type", "SUPPORTED_PLATFORM"), ("platform", "\(platform.type)"),

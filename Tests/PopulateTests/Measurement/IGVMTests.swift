@@ -222,6 +222,8 @@ import VMMCore
                   mentions: "IGVM header 12 (PAGE_DATA): length is 16; the header's body is 24 bytes"),
         Malformed(name: "huge parameter area", build: with { $0.parameterArea(index: 5, bytes: 1 << 40) },
                   mentions: "IGVM header 12 (PARAMETER_AREA): number_of_bytes 1099511627776 is more than the 256 MiB"),
+        Malformed(name: "a 2 MiB page past the address space", build: with { $0.page(0xFFFF_FFFF_FFFF_F000, flags: 1) },
+                  mentions: "IGVM header 12 (PAGE_DATA): gpa 0xfffffffffffff000 + 2097152 bytes runs past the 64-bit address space"),
         Malformed(name: "unaligned page", build: with { $0.page(0x7001) },
                   mentions: "IGVM header 12 (PAGE_DATA): gpa 0x7001 is not 4 KiB aligned"),
         Malformed(name: "unknown data type", build: with { $0.page(0x7000, type: 9) },
@@ -342,5 +344,17 @@ import VMMCore
         let result = try SNPVMMExecutable.run(["run", "--igvm", "x.igvm", "--emulate"] + arguments)
         #expect(result.status == 2)
         #expect(result.stderr.contains(mentions) && result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+    }
+
+    @Test func inspectShowsARangeEndingPastTheAddressSpaceAsALength() throws {
+        var b = IGVMBuilder()
+        b.platform()
+        b.raw(type: 0x305, body: IGVMBuilder.le(UInt64(0xFFFF_FFFF_FFFF_F000)) + IGVMBuilder.le(UInt32(1))
+              + IGVMBuilder.le(UInt32(0x2000)) + IGVMBuilder.le(UInt32(0)) + IGVMBuilder.le(UInt32(0)))
+        let path = try Self.write(b.build())
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let result = try SNPVMMExecutable.run(["igvm", "inspect", path])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("header 1 REQUIRED_MEMORY gpa [0xfffffffffffff000, +0x2000) flags 0x0 mask 0x1"), "\(result.stdout)")
     }
 }
