@@ -24,11 +24,14 @@ public struct IGVMSNPLaunch: Sendable {
         public var contents: [UInt8]?
         /// The header the update comes from.
         public var header: Int
+        /// The parameter area a PARAMETER_INSERT places.
+        public var parameterArea: UInt32? = nil
     }
 
     public let updates: [Update]
-    /// The VMSA pages, in file order, each with its header and GPA.
-    public let vmsas: [(header: Int, gpa: UInt64, page: [UInt8])]
+    /// The VMSA pages KVM measures at LAUNCH_FINISH, each with its header.
+    /// Without KVM's rules they are updates in file order instead, and this is empty.
+    public let vmsas: [(header: Int, page: [UInt8])]
     /// GUEST_POLICY for the SNP platform, if given.
     public let policy: UInt64?
     /// The launch digest SNP_ID_BLOCK names, if the file has one.
@@ -41,7 +44,7 @@ public struct IGVMSNPLaunch: Sendable {
     ///     measured after the VMSA in the file.
     public init(_ file: IGVMFile, nativeZero: Bool = false, checkKVM: Bool = true) throws(IGVMError) {
         guard let mask = file.snpMask else { throw IGVMError("the file declares no SEV_SNP platform (SUPPORTED_PLATFORM type 2)") }
-        var updates: [Update] = [], vmsas: [(Int, UInt64, [UInt8])] = [], policy: UInt64?, idBlock: [UInt8]?
+        var updates: [Update] = [], vmsas: [(Int, [UInt8])] = [], policy: UInt64?, idBlock: [UInt8]?
         var areas: [UInt32: UInt64] = [:]
         // The run of PAGE_DATA QEMU holds: its first header, flags and pages.
         var held: (header: Int, last: Int, key: [UInt64], gpa: UInt64, next: UInt64, pages: [(UInt64, [UInt8]?)], type: SNPPageType)?
@@ -85,7 +88,8 @@ public struct IGVMSNPLaunch: Sendable {
             case let .parameterArea(size, area, _):
                 areas[area] = size
             case let .parameterInsert(gpa, _, area):
-                updates.append(Update(gpa: gpa, pages: areas[area]! / 4096, type: .unmeasured, contents: nil, header: index))
+                updates.append(Update(gpa: gpa, pages: areas[area]! / 4096, type: .unmeasured, contents: nil, header: index,
+                                      parameterArea: area))
             case let .vpContext(gpa, _, fileOffset, _):
                 let page = file.page(at: fileOffset)
                 if checkKVM {
@@ -97,11 +101,10 @@ public struct IGVMSNPLaunch: Sendable {
                         throw IGVMError(header: index, type: .vpContext, "VMSA CR0 0x\(String(cr0, radix: 16)) \(problem) (--no-check-kvm to measure anyway)")
                     }
                 }
-                if checkKVM { vmsas.append((index, gpa, page)) } else {
+                if checkKVM { vmsas.append((index, page)) } else {
                     // Without KVM's rules the VMSA is measured where the file puts it, as igvmmeasure does.
                     flush()
                     updates.append(Update(gpa: gpa, pages: 1, type: .vmsa, contents: page, header: index))
-                    vmsas.append((index, gpa, page))
                 }
             case let .guestPolicy(value, _):
                 policy = value
@@ -113,7 +116,7 @@ public struct IGVMSNPLaunch: Sendable {
         }
         flush()
         self.updates = updates
-        self.vmsas = checkKVM ? vmsas : []
+        self.vmsas = vmsas
         self.policy = policy
         self.idBlockDigest = idBlock
     }

@@ -26,10 +26,6 @@ public struct IGVMLaunch: Sendable {
     /// The launch plan, in the order QEMU queues the updates.
     public func plan() -> LaunchPlan {
         let areas = parameterAreas()
-        var insertedArea: [Int: UInt32] = [:]
-        for (index, directive) in file.directives {
-            if case .parameterInsert(_, _, let area) = directive { insertedArea[index] = area }
-        }
         let regions = launch.updates.map { update -> PlanRegion in
             let range = GuestRange(start: update.gpa, size: update.pages * 4096)
             let name = "IGVM header \(update.header) \(update.type)"
@@ -40,7 +36,7 @@ public struct IGVMLaunch: Sendable {
             case .secrets: .secrets
             default: .cpuid
             }
-            if let area = insertedArea[update.header], let bytes = areas[area] {
+            if let area = update.parameterArea, let bytes = areas[area] {
                 return PlanRegion(name: name, range: range, contents: .bytes(bytes), kind: kind)
             }
             return PlanRegion(name: name, range: range, contents: update.contents.map { .bytes($0) } ?? .zeros, kind: kind)
