@@ -32,7 +32,7 @@ enum FirmwareRun {
         }
         do {
             let fake = options.emulate ? FakeKVM(profile: .tdxHost) : nil
-            let kvm = try KVM.open(using: fake ?? (try FeatureHidingKernel.hostKernel()))
+            let kvm = try LaunchOnly.kvm(fake)
             let parameters = TDXLaunchParameters(handOffAddress: try launch.handOffAddress())
             let session = try LaunchSession(kvm: kvm, platform: .tdx(parameters))
             try session.createVCPUs(options.cpus)
@@ -65,7 +65,7 @@ enum FirmwareRun {
         do { plan = try launch.plan() } catch { fail("run: \(options.firmware!): \(error)", status: .usage) }
         do {
             let fake = options.emulate ? FakeKVM(profile: .snpHost) : nil
-            let kvm = try KVM.open(using: fake ?? (try FeatureHidingKernel.hostKernel()))
+            let kvm = try LaunchOnly.kvm(fake)
             // KVM adds SNPActive itself; INIT2 takes the other features.
             let parameters = SNPLaunchParameters(vmsaFeatures: options.guestFeatures & ~SNPBackend.snpActive, finish: options.launchFinish)
             let session = try LaunchSession(kvm: kvm, platform: .snp(parameters))
@@ -115,8 +115,47 @@ extension SNPLaunchFinish {
     }
 }
 
-/// The end every `--launch-only` launch shares.
+/// What every `--launch-only` launch shares.
 enum LaunchOnly {
+    /// The emulated platform's KVM where `fake` is given, otherwise this host's.
+    static func kvm(_ fake: FakeKVM?, experimental: ExperimentalInterfaces = []) throws -> KVM {
+        try KVM.open(using: fake ?? (try FeatureHidingKernel.hostKernel()), experimental: experimental)
+    }
+
+    /// Guest RAM from 0 as slot 0, and each run of the plan's regions beyond it in a memslot of its own.
+    static func createMemory(_ session: LaunchSession, for plan: LaunchPlan, memory: UInt64) throws {
+        try session.createMemory(at: 0, size: memory, slot: 0)
+        for (index, range) in outside(plan, memory: memory).enumerated() {
+            try session.createMemory(at: range.start.rawValue, size: range.size, slot: UInt32(index + 1))
+        }
+    }
+
+    /// The regions' ranges beyond `memory`, each widened to 2 MiB and merged with its neighbours.
+    static func outside(_ plan: LaunchPlan, memory: UInt64) -> [GuestRange] {
+        let huge = hugePageSize
+        var ranges: [(UInt64, UInt64)] = []
+        for region in plan.regions {
+            let start = region.range.start.rawValue, end = start + region.range.size
+            guard end > memory else { continue }
+            let low = max(memory, start / huge * huge), high = (end + huge - 1) / huge * huge
+            ranges.append((low, high))
+        }
+        var merged: [(UInt64, UInt64)] = []
+        for (low, high) in ranges.sorted(by: { $0.0 < $1.0 }) {
+            if let last = merged.last, low <= last.1 { merged[merged.count - 1].1 = max(last.1, high) } else { merged.append((low, high)) }
+        }
+        return merged.map { GuestRange(start: $0.0, size: $0.1 - $0.0) }
+    }
+
+    /// Ends a failed launch of the file at `path`: a plan the engine refused is
+    /// a usage error naming the file; an ID block the firmware refused gets its line.
+    static func fail(_ error: any Error, path: String, idBlock: [UInt8]?) -> Never {
+        if case .population(let populateError)? = error as? LaunchError, case .plan = populateError.reason {
+            snpvmm.fail("run: \(path): \(populateError)", status: .usage)
+        }
+        snpvmm.fail("run: \(SNPLaunchFinish.refusal(of: error, idBlock: idBlock) ?? "\(error)")")
+    }
+
     /// Populates `plan` through `session` (checked against the emulated
     /// firmware's own measurement where `fake` is given), reports on
     /// standard error, writes the ledger, and prints the measurement.

@@ -23,7 +23,7 @@ enum IGVMRun {
         let plan = launch.plan()
         do {
             let fake = options.emulate ? FakeKVM(profile: .snpHost) : nil
-            let kvm = try KVM.open(using: fake ?? (try FeatureHidingKernel.hostKernel()))
+            let kvm = try LaunchOnly.kvm(fake)
             // KVM adds SNPActive itself; INIT2 takes the VMSA's other features, as QEMU takes them from the file.
             let features = (boot?.sevFeatures ?? 0) & ~SNPBackend.snpActive
             let policy = launch.launch.policy.map(SNPGuestPolicy.init(rawValue:)) ?? .default
@@ -31,21 +31,11 @@ enum IGVMRun {
                 policy: policy, vmsaFeatures: features, finish: options.launchFinish)))
             try session.createVCPUs(1)
             if let boot { try session.setBootState(regs: boot.regs, sregs: boot.sregs, vcpu: 0) }
-            try session.createMemory(at: 0, size: options.memory, slot: 0)
-            var slot: UInt32 = 1
-            for range in PlanRun.outside(plan, memory: options.memory) {
-                try session.createMemory(at: range.start.rawValue, size: range.size, slot: slot)
-                slot += 1
-            }
+            try LaunchOnly.createMemory(session, for: plan, memory: options.memory)
             try LaunchOnly.finish(session, plan: plan, fake: fake, label: "snp igvm", ledger: options.ledger)
             return .success
-        } catch let error as LaunchError {
-            if case .population(let populateError) = error, case .plan = populateError.reason {
-                fail("run: \(path): \(populateError)", status: .usage)
-            }
-            fail("run: \(SNPLaunchFinish.refusal(of: error, idBlock: options.idBlock) ?? "\(error)")")
         } catch {
-            fail("run: \(error)")
+            LaunchOnly.fail(error, path: path, idBlock: options.idBlock)
         }
     }
 }

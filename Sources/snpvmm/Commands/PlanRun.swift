@@ -27,7 +27,7 @@ enum PlanRun {
         }
         do {
             let fake = options.emulate ? FakeKVM(profile: profile) : nil
-            let kvm = try KVM.open(using: fake ?? (try FeatureHidingKernel.hostKernel()), experimental: .armCCA)
+            let kvm = try LaunchOnly.kvm(fake, experimental: .armCCA)
             let session = try LaunchSession(kvm: kvm, platform: platform)
             try session.createVCPUs(options.cpus)
             if platform.hostSetsBootState {
@@ -35,39 +35,11 @@ enum PlanRun {
                 let (regs, sregs) = SNPFirmwareLaunch.resetState(eip: SNPInitialVMSA.bspEIP, vcpuSignature: signature)
                 for index in 0..<options.cpus { try session.setBootState(regs: regs, sregs: sregs, vcpu: index) }
             }
-            // Guest RAM from 0, and each run of regions beyond it in a memslot of its own.
-            try session.createMemory(at: 0, size: options.memory, slot: 0)
-            var slot: UInt32 = 1
-            for range in outside(plan, memory: options.memory) {
-                try session.createMemory(at: range.start.rawValue, size: range.size, slot: slot)
-                slot += 1
-            }
+            try LaunchOnly.createMemory(session, for: plan, memory: options.memory)
             try LaunchOnly.finish(session, plan: plan, fake: fake, label: "\(options.platform.rawValue) plan", ledger: options.ledger)
             return .success
-        } catch let error as LaunchError {
-            if case .population(let populateError) = error, case .plan = populateError.reason {
-                fail("run: \(options.plan!): \(populateError)", status: .usage)
-            }
-            fail("run: \(SNPLaunchFinish.refusal(of: error, idBlock: options.idBlock) ?? "\(error)")")
         } catch {
-            fail("run: \(error)")
+            LaunchOnly.fail(error, path: options.plan!, idBlock: options.idBlock)
         }
-    }
-
-    /// The regions' ranges beyond `memory`, each widened to 2 MiB and merged with its neighbours.
-    static func outside(_ plan: LaunchPlan, memory: UInt64) -> [GuestRange] {
-        let huge = hugePageSize
-        var ranges: [(UInt64, UInt64)] = []
-        for region in plan.regions {
-            let start = region.range.start.rawValue, end = start + region.range.size
-            guard end > memory else { continue }
-            let low = max(memory, start / huge * huge), high = (end + huge - 1) / huge * huge
-            ranges.append((low, high))
-        }
-        var merged: [(UInt64, UInt64)] = []
-        for (low, high) in ranges.sorted(by: { $0.0 < $1.0 }) {
-            if let last = merged.last, low <= last.1 { merged[merged.count - 1].1 = max(last.1, high) } else { merged.append((low, high)) }
-        }
-        return merged.map { GuestRange(start: $0.0, size: $0.1 - $0.0) }
     }
 }
