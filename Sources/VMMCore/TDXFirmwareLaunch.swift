@@ -77,61 +77,53 @@ public struct TDXFirmwareLaunch: Sendable {
     /// unaccepted memory elsewhere, as TDVF's design guide names them), and
     /// the end-of-list HOB.
     public func handOffBlocks(at address: UInt64) -> [UInt8] {
-        var list: [UInt8] = []
-        func header(type: UInt16, length: UInt16) {
-            append(type, to: &list)
-            append(length, to: &list)
-            append(UInt32(0), to: &list)
-        }
         let ranges = ramRanges()
         let phitLength = 56, resourceLength = 48, endLength = 8
-        let end = address + UInt64(phitLength + resourceLength * ranges.count)
-        // PHIT (EFI_HOB_TYPE_HANDOFF): version 9, boot mode 0 (full configuration); the memory fields stay 0.
-        header(type: 0x0001, length: UInt16(phitLength))
-        append(UInt32(0x0009), to: &list)
-        append(UInt32(0), to: &list)
-        for _ in 0..<4 { append(UInt64(0), to: &list) }
-        append(end, to: &list)
-        for (range, accepted) in ranges {
+        var list = LittleEndianWriter(count: phitLength + resourceLength * ranges.count + endLength)
+        func header(type: UInt16, length: Int, at offset: Int) {
+            list.store(type, at: offset)
+            list.store(UInt16(length), at: offset + 2)
+        }
+        // PHIT (EFI_HOB_TYPE_HANDOFF): version 9, boot mode 0 (full configuration), the memory
+        // fields 0, and EfiEndOfHobList the address of the end HOB.
+        header(type: 0x0001, length: phitLength, at: 0)
+        list.store(UInt32(0x0009), at: 8)
+        let endOffset = phitLength + resourceLength * ranges.count
+        list.store(address + UInt64(endOffset), at: 48)
+        for (index, (range, accepted)) in ranges.enumerated() {
             // EFI_HOB_TYPE_RESOURCE_DESCRIPTOR: owner GUID zero; type system memory (0) or unaccepted (7);
             // attributes present | initialized | tested.
-            header(type: 0x0003, length: UInt16(resourceLength))
-            list += [UInt8](repeating: 0, count: 16)
-            append(UInt32(accepted ? 0 : 7), to: &list)
-            append(UInt32(0x7), to: &list)
-            append(range.start.rawValue, to: &list)
-            append(range.size, to: &list)
+            let offset = phitLength + resourceLength * index
+            header(type: 0x0003, length: resourceLength, at: offset)
+            list.store(UInt32(accepted ? 0 : 7), at: offset + 24)
+            list.store(UInt32(0x7), at: offset + 28)
+            list.store(range.start.rawValue, at: offset + 32)
+            list.store(range.size, at: offset + 40)
         }
-        header(type: 0xFFFF, length: UInt16(endLength))
-        return list
+        header(type: 0xFFFF, length: endLength, at: endOffset)
+        return list.bytes
     }
 
-    /// Guest RAM split at the sections added inside it, in address order.
+    /// Guest RAM split at the sections added inside it, in address order:
+    /// the sections' ranges merged, and the gaps between them unaccepted.
     func ramRanges() -> [(GuestRange, accepted: Bool)] {
         let added = addedSections.filter { $0.type == .tdHOB || $0.type == .tempMem }
             .map { ($0.memoryAddress, $0.memoryAddress + $0.memoryDataSize) }
             .filter { $0.1 <= memorySize }
             .sorted { $0.0 < $1.0 }
+        var merged: [(start: UInt64, end: UInt64)] = []
+        for (start, end) in added {
+            if let last = merged.last, start <= last.end { merged[merged.count - 1].end = max(last.end, end) } else { merged.append((start, end)) }
+        }
         var ranges: [(GuestRange, accepted: Bool)] = []
         var cursor: UInt64 = 0
-        for (start, end) in added {
-            if start > cursor { ranges.append((GuestRange(start: cursor, size: start - cursor), false)) }
-            if end > max(start, cursor) {
-                let from = max(start, cursor)
-                if let last = ranges.last, last.accepted, last.0.start.rawValue + last.0.size == from {
-                    ranges[ranges.count - 1].0 = GuestRange(start: last.0.start.rawValue, size: end - last.0.start.rawValue)
-                } else {
-                    ranges.append((GuestRange(start: from, size: end - from), true))
-                }
-            }
-            cursor = max(cursor, end)
+        for run in merged {
+            if run.start > cursor { ranges.append((GuestRange(start: cursor, size: run.start - cursor), false)) }
+            ranges.append((GuestRange(start: run.start, size: run.end - run.start), true))
+            cursor = run.end
         }
         if cursor < memorySize { ranges.append((GuestRange(start: cursor, size: memorySize - cursor), false)) }
         return ranges
-    }
-
-    private func append<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {
-        withUnsafeBytes(of: value.littleEndian) { bytes += $0 }
     }
 }
 
