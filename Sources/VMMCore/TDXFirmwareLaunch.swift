@@ -104,25 +104,28 @@ public struct TDXFirmwareLaunch: Sendable {
         return list.bytes
     }
 
-    /// Guest RAM split at the sections added inside it, in address order:
-    /// the sections' ranges merged, and the gaps between them unaccepted.
+    /// Guest RAM (`Layout.ramRanges`: below the device hole, the rest from
+    /// 4 GiB) split at the sections added inside it, in address order: the
+    /// sections' ranges merged, and the gaps between them unaccepted.
     func ramRanges() -> [(GuestRange, accepted: Bool)] {
         let added = addedSections.filter { $0.type == .tdHOB || $0.type == .tempMem }
             .map { ($0.memoryAddress, $0.memoryAddress + $0.memoryDataSize) }
-            .filter { $0.1 <= memorySize }
             .sorted { $0.0 < $1.0 }
         var merged: [(start: UInt64, end: UInt64)] = []
         for (start, end) in added {
             if let last = merged.last, start <= last.end { merged[merged.count - 1].end = max(last.end, end) } else { merged.append((start, end)) }
         }
         var ranges: [(GuestRange, accepted: Bool)] = []
-        var cursor: UInt64 = 0
-        for run in merged {
-            if run.start > cursor { ranges.append((GuestRange(start: cursor, size: run.start - cursor), false)) }
-            ranges.append((GuestRange(start: run.start, size: run.end - run.start), true))
-            cursor = run.end
+        for ram in Layout.ramRanges(memorySize: memorySize) {
+            let ramEnd = ram.start + ram.size
+            var cursor = ram.start
+            for run in merged where run.start >= ram.start && run.end <= ramEnd {
+                if run.start > cursor { ranges.append((GuestRange(start: cursor, size: run.start - cursor), false)) }
+                ranges.append((GuestRange(start: run.start, size: run.end - run.start), true))
+                cursor = run.end
+            }
+            if cursor < ramEnd { ranges.append((GuestRange(start: cursor, size: ramEnd - cursor), false)) }
         }
-        if cursor < memorySize { ranges.append((GuestRange(start: cursor, size: memorySize - cursor), false)) }
         return ranges
     }
 }

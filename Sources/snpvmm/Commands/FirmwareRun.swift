@@ -36,8 +36,7 @@ enum FirmwareRun {
             let parameters = TDXLaunchParameters(handOffAddress: try launch.handOffAddress())
             let session = try LaunchSession(kvm: kvm, platform: .tdx(parameters))
             try session.createVCPUs(options.cpus)
-            try session.createMemory(at: 0, size: options.memory, slot: 0)
-            try session.createMemory(at: launch.firmwareRange.start.rawValue, size: launch.firmwareRange.size, slot: 1)
+            try LaunchOnly.createMemory(session, for: plan, memory: options.memory)
             try LaunchOnly.finish(session, plan: plan, fake: fake, label: "tdx firmware", ledger: options.ledger)
             return .success
         } catch {
@@ -74,8 +73,7 @@ enum FirmwareRun {
                 let (regs, sregs) = try launch.resetState(vcpu: index)
                 try session.setBootState(regs: regs, sregs: sregs, vcpu: index)
             }
-            try session.createMemory(at: 0, size: options.memory, slot: 0)
-            try session.createMemory(at: launch.firmwareRange.start.rawValue, size: launch.firmwareRange.size, slot: 1)
+            try LaunchOnly.createMemory(session, for: plan, memory: options.memory)
             try LaunchOnly.finish(session, plan: plan, fake: fake, label: "snp firmware", ledger: options.ledger)
             return .success
         } catch {
@@ -122,23 +120,36 @@ enum LaunchOnly {
         try KVM.open(using: fake ?? (try FeatureHidingKernel.hostKernel()), experimental: experimental)
     }
 
-    /// Guest RAM from 0 as slot 0, and each run of the plan's regions beyond it in a memslot of its own.
+    /// Guest RAM as the machine lays it out (below the device hole, the
+    /// rest from 4 GiB: `Layout.ramRanges`), a memslot per range, then each
+    /// run of the plan's regions outside RAM (the firmware below 4 GiB) in a memslot of its own.
     static func createMemory(_ session: LaunchSession, for plan: LaunchPlan, memory: UInt64) throws {
-        try session.createMemory(at: 0, size: memory, slot: 0)
-        for (index, range) in outside(plan, memory: memory).enumerated() {
-            try session.createMemory(at: range.start.rawValue, size: range.size, slot: UInt32(index + 1))
+        let ram = Layout.ramRanges(memorySize: memory).map { GuestRange(start: $0.start, size: $0.size) }
+        for (index, range) in (ram + outside(plan, ram: ram)).enumerated() {
+            try session.createMemory(at: range.start.rawValue, size: range.size, slot: UInt32(index))
         }
     }
 
-    /// The regions' ranges beyond `memory`, each widened to 2 MiB and merged with its neighbours.
-    static func outside(_ plan: LaunchPlan, memory: UInt64) -> [GuestRange] {
+    /// The parts of the regions' ranges outside `ram`, each widened to 2 MiB
+    /// (but not into RAM) and merged with its neighbours.
+    static func outside(_ plan: LaunchPlan, ram: [GuestRange]) -> [GuestRange] {
         let huge = hugePageSize
         var ranges: [(UInt64, UInt64)] = []
         for region in plan.regions {
-            let start = region.range.start.rawValue, end = start + region.range.size
-            guard end > memory else { continue }
-            let low = max(memory, start / huge * huge), high = (end + huge - 1) / huge * huge
-            ranges.append((low, high))
+            var pieces = [(region.range.start.rawValue, region.range.start.rawValue + region.range.size)]
+            for memory in ram {
+                let low = memory.start.rawValue, high = low + memory.size
+                pieces = pieces.flatMap { start, end -> [(UInt64, UInt64)] in
+                    guard start < high, end > low else { return [(start, end)] }
+                    return [(start, low), (high, end)].filter { $0.0 < $0.1 }
+                }
+            }
+            for (start, end) in pieces {
+                // Widen to 2 MiB, stopping at the RAM on either side.
+                let floor = ram.map { $0.start.rawValue + $0.size }.filter { $0 <= start }.max() ?? 0
+                let ceiling = ram.map(\.start.rawValue).filter { $0 >= end }.min() ?? UInt64.max
+                ranges.append((max(floor, start / huge * huge), min(ceiling, (end + huge - 1) / huge * huge)))
+            }
         }
         var merged: [(UInt64, UInt64)] = []
         for (low, high) in ranges.sorted(by: { $0.0 < $1.0 }) {

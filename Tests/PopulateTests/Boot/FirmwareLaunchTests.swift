@@ -249,9 +249,12 @@ import VMMCore
     }
 
     /// Walks the hand-off block list by the UEFI PI spec's HOB headers.
-    @Test func theHandOffListDescribesGuestRAMWithTheAddedSectionsAccepted() throws {
+    /// RAM of 8 GiB lies below 3 GiB and, for the remaining 5 GiB, from 4 GiB.
+    @Test(arguments: [UInt64(256) << 20, UInt64(8) << 30])
+    func theHandOffListDescribesGuestRAMWithTheAddedSectionsAccepted(memory: UInt64) throws {
+        let gib: UInt64 = 1 << 30
+        let ram: [(UInt64, UInt64)] = memory == 8 * gib ? [(UInt64(0), 3 * gib), (4 * gib, 5 * gib)] : [(UInt64(0), memory)]
         let image = try TDVFImage(bytes: V.bytes(V.bookworm))
-        let memory: UInt64 = 256 << 20
         let launch = TDXFirmwareLaunch(image: image, memorySize: memory)
         let address = try launch.handOffAddress()
         let hobSection = try #require(image.sections.first { $0.type == .tdHOB })
@@ -269,10 +272,13 @@ import VMMCore
         }
         #expect(u64(48) == address + UInt64(offset), "EfiEndOfHobList names the end HOB")
         #expect(offset + 8 == list.count)
-        // The resources tile [0, memory) in order.
-        #expect(resources.first?.start == 0)
-        for (previous, next) in zip(resources, resources.dropFirst()) { #expect(previous.start + previous.size == next.start) }
-        #expect(resources.last.map { $0.start + $0.size } == memory)
+        // The resources tile each RAM range in order, and nothing else.
+        var tiled: [(UInt64, UInt64)] = []
+        for resource in resources {
+            if let last = tiled.last, last.0 + last.1 == resource.start { tiled[tiled.count - 1].1 += resource.size } else { tiled.append((resource.start, resource.size)) }
+        }
+        #expect(tiled.map(\.0) == ram.map(\.0))
+        #expect(tiled.map(\.1) == ram.map(\.1))
         // Accepted (system memory, 0) exactly where TEMP_MEM and TD_HOB pages were added.
         var added = Set<UInt64>()
         for section in image.sections where section.type == .tempMem || section.type == .tdHOB {
