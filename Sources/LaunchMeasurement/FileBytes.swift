@@ -79,6 +79,13 @@ public enum FileBytes {
         return done
     }
 
+    /// The size of the regular file at `path`.
+    public static func size(_ path: String) throws(FileReadError) -> UInt64 {
+        let (fd, status) = try openRegularFile(path)
+        close(fd)
+        return UInt64(max(status.st_size, 0))
+    }
+
     /// Opens `path` for reading and checks that it is a regular file. The
     /// open does not block, so a FIFO with no writer is refused rather than
     /// waited on, and a device such as /dev/zero is refused rather than read

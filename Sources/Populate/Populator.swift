@@ -117,31 +117,17 @@ public final class Populator {
         let measurement = backend.makeMeasurement()
         var state = PopulationState(platform: capabilities.platform, algorithm: measurement.algorithm, policy: policy)
         state.report.backing = memory.backing?.description
+        // A file too short for its region is refused before anything is converted.
+        for (index, region) in plan.regions.enumerated() where capabilities.privateMemory {
+            do { try LaunchPlan.checkContents(of: region, index: index) } catch { throw state.failure(.contents(error.description)) }
+        }
         for (index, region) in plan.regions.enumerated() {
             if !capabilities.privateMemory {
                 try writeInPlace(region, index: index, state: &state)
                 clock.lap("fill", bytes: region.range.size)
                 continue
             }
-            var contents: [UInt8] = []
-            // The copy may hold secrets: it is wiped on every way out, as the source buffers are.
-            defer { contents.wipe() }
-            // Pages whose calls take no source, from a separate source, and
-            // that the plan leaves zero take no bytes from the host.
-            var bytesUnused = policy == .separateSource && capabilities.kindsWithoutSource.contains(region.kind)
-            if case .zeros = region.contents {} else { bytesUnused = false }
-            if !bytesUnused {
-                do {
-                    contents = try LaunchPlan.pageContents(of: region, index: index)
-                } catch {
-                    throw state.failure(.contents(error.description))
-                }
-                clock.lap("read", bytes: UInt64(contents.count))
-            }
-            let hashes = measuredPageHashes(region, contents, measured: measurement.algorithm != .none)
-            if !hashes.isEmpty { clock.lap("measure", bytes: UInt64(contents.count)) }
-            try populateRegion(region, contents: contents, hashes: hashes, measurement: measurement, state: &state,
-                               clock: &clock)
+            try populateRegion(region, index: index, measurement: measurement, state: &state, clock: &clock)
         }
 
         var atFinish: [UInt8]?
@@ -175,43 +161,114 @@ public final class Populator {
                               reportedMeasurement: reported)
     }
 
-    /// SHA-384 (or the realm's hash) of each page the platform measures by content.
-    private func measuredPageHashes(_ region: PlanRegion, _ contents: [UInt8], measured: Bool) -> [[UInt8]] {
+    /// SHA-384 of each page of `contents` the platform measures by content.
+    private func measuredPageHashes(_ region: PlanRegion, _ contents: UnsafeRawBufferPointer, measured: Bool) -> [[UInt8]] {
         guard region.kind == .normal, measured else { return [] }
         var hashes = [[UInt8]](repeating: [], count: contents.count / Int(pageSize))
-        contents.withUnsafeBytes { raw in
-            ParallelPageHasher.forEachPageDigest(raw, algorithm: .sha384) { page, digest in
-                hashes[page] = Array(digest)
-            }
+        ParallelPageHasher.forEachPageDigest(contents, algorithm: .sha384) { page, digest in
+            hashes[page] = Array(digest)
         }
         return hashes
     }
 
-    private func populateRegion(_ region: PlanRegion, contents: [UInt8], hashes: [[UInt8]], measurement: any LaunchMeasurer,
+    /// The largest piece of a region handled at once: a multiple of 2 MiB.
+    private var chunkBytes: UInt64 { max(options.maximumCallBytes / hugePageSize * hugePageSize, hugePageSize) }
+
+    /// A region cut where population calls end: every piece but the last
+    /// ends on a 2 MiB-aligned address at most `chunkBytes` past its start,
+    /// so no 2 MiB run is split.
+    private func chunks(of range: GuestRange) -> [GuestRange] {
+        var pieces: [GuestRange] = []
+        var start = range.start.rawValue
+        let end = range.start.rawValue + range.size
+        while start < end {
+            var next = (start + chunkBytes) / hugePageSize * hugePageSize
+            if next <= start { next = start + chunkBytes }
+            next = min(next, end)
+            pieces.append(GuestRange(start: start, size: next - start))
+            start = next
+        }
+        return pieces
+    }
+
+    /// Streams one region into private memory a chunk at a time: each
+    /// chunk's contents are read, hashed and written (in place) or copied
+    /// into the source buffer, then populated, so neither the contents nor
+    /// the source ever hold more than a chunk. A separate-source region is
+    /// made private whole before its first call; in place, each chunk is
+    /// made private once its bytes are written.
+    private func populateRegion(_ region: PlanRegion, index: Int, measurement: any LaunchMeasurer,
                                 state: inout PopulationState, clock: inout PhaseClock) throws(PopulateError) {
         let capabilities = backend.capabilities
         let range = region.range
         state.report.pagesByKind[region.kind, default: 0] += range.pageCount
         state.report.countUnits(range)
         let inPlace = state.policy == .inPlace
+        let needsCall = !capabilities.kindsWithoutCall.contains(region.kind)
+        let needsSource = !inPlace && needsCall && !capabilities.kindsWithoutSource.contains(region.kind)
+        // Pages whose calls take no source, from a separate source, and
+        // that the plan leaves zero take no bytes from the host.
+        var bytesUnused = !inPlace && capabilities.kindsWithoutSource.contains(region.kind)
+        if case .zeros = region.contents {} else { bytesUnused = false }
 
-        // In place, the host writes the bytes while the pages are shared.
-        if inPlace {
-            try writeThroughMappings(contents, at: range.start.rawValue, state: &state)
-            clock.lap("fill", bytes: UInt64(contents.count))
+        let bufferBytes = bytesUnused ? 0 : Int(min(range.size, chunkBytes))
+        // The chunk may hold secrets: it is wiped on every way out, as the source buffer is.
+        let contents = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bufferBytes, 1), alignment: Int(pageSize))
+        defer {
+            explicit_bzero(contents.baseAddress!, contents.count)
+            contents.deallocate()
         }
-        var conversionRetries = 0
+        let source = needsSource ? SourceBuffer(byteCount: bufferBytes, memory: options.sourceMemory) : nil
+        defer { source?.wipe() }
+
+        if !inPlace { try makePrivate(range, region: region, inPlace: false, state: &state, clock: &clock) }
+        for chunk in chunks(of: range) {
+            let count = bytesUnused ? 0 : Int(chunk.size)
+            let bytes = UnsafeMutableRawBufferPointer(rebasing: contents[0..<count])
+            if !bytesUnused {
+                do {
+                    try LaunchPlan.readContents(of: region, index: index, offset: chunk.start.rawValue - range.start.rawValue,
+                                                into: bytes)
+                } catch {
+                    throw state.failure(.contents(error.description), region: region, next: chunk.start.rawValue)
+                }
+                clock.lap("read", bytes: UInt64(count))
+            }
+            let hashes = measuredPageHashes(region, UnsafeRawBufferPointer(bytes), measured: measurement.algorithm != .none)
+            if !hashes.isEmpty { clock.lap("measure", bytes: UInt64(count)) }
+            if inPlace {
+                // In place, the host writes the bytes while the pages are shared.
+                try writeThroughMappings(UnsafeRawBufferPointer(bytes), at: chunk.start.rawValue, state: &state)
+                clock.lap("fill", bytes: UInt64(count))
+                try makePrivate(chunk, region: region, inPlace: true, state: &state, clock: &clock)
+            }
+            if let source {
+                source.copy(UnsafeRawBufferPointer(bytes))
+                state.report.bytesCopied += UInt64(count)
+                clock.lap("fill", bytes: UInt64(count))
+            }
+            if needsCall {
+                try issueCalls(region, in: chunk, contents: UnsafeRawBufferPointer(bytes), source: source, hashes: hashes,
+                               measurement: measurement, state: &state)
+            }
+            clock.lap("populate", bytes: needsCall ? chunk.size : 0)
+        }
+        state.populated.append(range)
+    }
+
+    /// Makes `range` private, sending the same request again after EAGAIN
+    /// or EINTR: a conversion is all or nothing, so nothing is half done
+    /// (`kvm_gmem_set_attributes` answers EAGAIN while a page is still pinned).
+    private func makePrivate(_ range: GuestRange, region: PlanRegion, inPlace: Bool, state: inout PopulationState,
+                             clock: inout PhaseClock) throws(PopulateError) {
+        var retries = 0
         while true {
             do {
                 try backend.makePrivate(range)
                 break
             } catch {
-                // A conversion is all or nothing, so after EAGAIN (a page still
-                // pinned, kvm_gmem_set_attributes) or EINTR nothing is half done
-                // and the same request may be sent again.
-                if error.errno == .interrupted || error.errno == .resourceTemporarilyUnavailable,
-                   conversionRetries < options.interruptionLimit {
-                    conversionRetries += 1
+                if error.errno == .interrupted || error.errno == .resourceTemporarilyUnavailable, retries < options.interruptionLimit {
+                    retries += 1
                     state.report.retries += 1
                     continue
                 }
@@ -219,23 +276,12 @@ public final class Populator {
             }
         }
         state.report.ioctls += inPlace ? memory.slots.filter { $0.range.overlaps(range) }.count : 1
-        state.madePrivate.append(range)
+        if let last = state.madePrivate.last, last.start.rawValue + last.size == range.start.rawValue {
+            state.madePrivate[state.madePrivate.count - 1] = GuestRange(start: last.start, size: last.size + range.size)
+        } else {
+            state.madePrivate.append(range)
+        }
         clock.lap("convert", bytes: range.size)
-
-        let needsCall = !capabilities.kindsWithoutCall.contains(region.kind)
-        var source: SourceBuffer?
-        if !inPlace && needsCall && !capabilities.kindsWithoutSource.contains(region.kind) {
-            source = SourceBuffer(contents, memory: options.sourceMemory)
-            state.report.bytesCopied += UInt64(contents.count)
-            clock.lap("fill", bytes: UInt64(contents.count))
-        }
-        defer { source?.wipe() }
-        if needsCall {
-            try issueCalls(region, contents: contents, source: source, hashes: hashes, measurement: measurement,
-                           state: &state)
-        }
-        state.populated.append(range)
-        clock.lap("populate", bytes: needsCall ? range.size : 0)
     }
 
     /// Writes a region of a plain guest straight into its guest_memfd
@@ -285,8 +331,8 @@ public final class Populator {
         state.populated.append(range)
     }
 
-    /// Writes a region's bytes through the guest_memfd mappings that hold it.
-    private func writeThroughMappings(_ contents: [UInt8], at gpa: UInt64, state: inout PopulationState) throws(PopulateError) {
+    /// Writes bytes through the guest_memfd mappings that hold them.
+    private func writeThroughMappings(_ contents: UnsafeRawBufferPointer, at gpa: UInt64, state: inout PopulationState) throws(PopulateError) {
         var done = 0
         while done < contents.count {
             guard let (slot, offset) = memory.locate(gpa + UInt64(done)), let mapping = slot.mapping else {
@@ -294,11 +340,7 @@ public final class Populator {
             }
             let inSlot = min(contents.count - done, Int(slot.range.start.rawValue + slot.range.size - gpa) - done)
             do {
-                try contents.withUnsafeBytes { raw in
-                    Result { () throws(KVMError) in
-                        try mapping.write(UnsafeRawBufferPointer(rebasing: raw[done..<(done + inSlot)]), at: offset)
-                    }
-                }.get()
+                try mapping.write(UnsafeRawBufferPointer(rebasing: contents[done..<(done + inSlot)]), at: offset)
             } catch {
                 throw state.failure(.kernel(error))
             }
@@ -307,20 +349,17 @@ public final class Populator {
         state.report.bytesCopied += UInt64(contents.count)
     }
 
-    /// Issues the population calls for one region in calls no larger than
-    /// `maximumCallBytes`, resuming from the kernel's write-back, and
-    /// measures the pages each call did.
-    private func issueCalls(_ region: PlanRegion, contents: [UInt8], source: SourceBuffer?, hashes: [[UInt8]],
-                            measurement: any LaunchMeasurer, state: inout PopulationState) throws(PopulateError) {
-        let range = region.range, total = range.pageCount
-        let chunkBytes = max(options.maximumCallBytes / hugePageSize * hugePageSize, hugePageSize)
+    /// Issues the population calls for one chunk of a region in calls no
+    /// larger than `maximumCallBytes`, resuming from the kernel's
+    /// write-back, and measures the pages each call did. `contents`,
+    /// `source` and `hashes` start at the chunk.
+    private func issueCalls(_ region: PlanRegion, in chunk: GuestRange, contents: UnsafeRawBufferPointer, source: SourceBuffer?,
+                            hashes: [[UInt8]], measurement: any LaunchMeasurer, state: inout PopulationState) throws(PopulateError) {
+        let range = region.range, total = chunk.pageCount
         var done: UInt64 = 0, transient = 0, corrections = 0
         while done < total {
-            // Calls end on 2 MiB-aligned guest addresses, so no 2 MiB run is split.
-            let gpa = range.start.rawValue + done * pageSize
-            var end = (gpa + chunkBytes) / hugePageSize * hugePageSize
-            if end <= gpa { end = gpa + chunkBytes }
-            let pages = min((end - gpa) / pageSize, total - done)
+            let gpa = chunk.start.rawValue + done * pageSize
+            let pages = total - done
             let call = PopulateCall(kind: region.kind, gpa: gpa, pages: pages,
                                     source: source.map { $0.address + done * pageSize } ?? 0)
             let step = backend.populate(call)
@@ -339,7 +378,7 @@ public final class Populator {
                 if step.pagesDone < pages { state.report.retries += 1 }
                 continue
             }
-            let next = range.start.rawValue + done * pageSize
+            let next = chunk.start.rawValue + done * pageSize
             switch backend.classify(error, in: call) {
             case .transient where transient < options.interruptionLimit:
                 transient += 1
@@ -348,7 +387,8 @@ public final class Populator {
             case .sourceCorrected:
                 guard let source else { break }
                 let page = Int(done) * Int(pageSize)
-                let original = Array(region.contentsBytesForDiff[page..<(page + Int(pageSize))])
+                let inRegion = Int(chunk.start.rawValue - range.start.rawValue) + page
+                let original = Array(region.contentsBytesForDiff[inRegion..<(inRegion + Int(pageSize))])
                 let note = backend.describeCorrection(of: call, original: original,
                                                       corrected: source.bytes(at: page, count: Int(pageSize)))
                 options.log(note)
@@ -366,26 +406,22 @@ public final class Populator {
     }
 
     /// Measures the pages of one successful call and appends its ledger record.
-    private func record(_ region: PlanRegion, gpa: UInt64, pages: UInt64, firstPage: Int, contents: [UInt8],
+    private func record(_ region: PlanRegion, gpa: UInt64, pages: UInt64, firstPage: Int, contents: UnsafeRawBufferPointer,
                         hashes: [[UInt8]], measurement: any LaunchMeasurer, state: inout PopulationState)
         throws(PopulateError)
     {
         let callHashes = hashes.isEmpty ? [] : Array(hashes[firstPage..<(firstPage + Int(pages))])
-        let failure: MeasurementInputError? = contents.withUnsafeBytes { raw in
-            for page in 0..<Int(pages) {
-                let offset = (firstPage + page) * Int(pageSize)
-                let bytes = raw.count >= offset + Int(pageSize)
-                    ? UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + Int(pageSize))]) : nil
-                do throws(MeasurementInputError) {
-                    try measurement.add(gpa: gpa + UInt64(page) * pageSize, kind: region.kind, contents: bytes,
-                                        sha384: callHashes.isEmpty ? nil : callHashes[page])
-                } catch {
-                    return error
-                }
+        for page in 0..<Int(pages) {
+            let offset = (firstPage + page) * Int(pageSize)
+            let bytes = contents.count >= offset + Int(pageSize)
+                ? UnsafeRawBufferPointer(rebasing: contents[offset..<(offset + Int(pageSize))]) : nil
+            do {
+                try measurement.add(gpa: gpa + UInt64(page) * pageSize, kind: region.kind, contents: bytes,
+                                    sha384: callHashes.isEmpty ? nil : callHashes[page])
+            } catch {
+                throw state.failure(.contents(error.description), region: region, next: gpa)
             }
-            return nil
         }
-        if let failure { throw state.failure(.contents(failure.description), region: region, next: gpa) }
         state.ledger.records.append(LedgerRecord(call: backend.callName, gpa: gpa, pages: pages,
                                                  type: measurement.ledgerType(of: region.kind), pageHashes: callHashes,
                                                  digest: measurement.current))
@@ -457,11 +493,17 @@ final class SourceBuffer {
     private let memory: any SourceMemory
     private var byteCount: Int { max(count, Int(pageSize)) }
 
-    init(_ contents: [UInt8], memory: any SourceMemory = HeapSourceMemory()) {
-        count = contents.count
+    /// An empty buffer of `byteCount` bytes (at least a page), filled with `copy(_:)`.
+    init(byteCount: Int, memory: any SourceMemory = HeapSourceMemory()) {
+        count = byteCount
         self.memory = memory
         pointer = memory.allocate(byteCount: max(count, Int(pageSize)))
-        contents.withUnsafeBytes { if let base = $0.baseAddress { pointer.copyMemory(from: base, byteCount: count) } }
+    }
+
+    /// Puts `bytes` at the start of the buffer.
+    func copy(_ bytes: UnsafeRawBufferPointer) {
+        precondition(bytes.count <= count)
+        if let base = bytes.baseAddress { pointer.copyMemory(from: base, byteCount: bytes.count) }
     }
 
     var address: UInt64 { UInt64(UInt(bitPattern: pointer)) }

@@ -95,6 +95,52 @@ extension LaunchPlan {
         return measurement.rim
     }
 
+    /// Checks, before anything is populated, that a file region's file
+    /// holds every byte the region names.
+    static func checkContents(of region: PlanRegion, index: Int) throws(ExpectedMeasurementError) {
+        guard case .file(let path, let offset, let length) = region.contents else { return }
+        let size: UInt64
+        do { size = try FileBytes.size(path) } catch { throw .unreadable(index: index, region: region.name, error: error) }
+        let available = size > offset ? size - offset : 0
+        guard available >= length else {
+            throw .shortFile(index: index, region: region.name, expected: length, read: available)
+        }
+    }
+
+    /// Bytes `offset ..< offset + destination.count` of a region's contents
+    /// (zero past their end), read straight into `destination`, so that a
+    /// region is never held whole.
+    static func readContents(of region: PlanRegion, index: Int, offset: UInt64,
+                             into destination: UnsafeMutableRawBufferPointer) throws(ExpectedMeasurementError) {
+        var filled = 0
+        switch region.contents {
+        case .bytes(let bytes):
+            if offset < UInt64(bytes.count) {
+                filled = min(destination.count, bytes.count - Int(offset))
+                bytes.withUnsafeBytes { destination.baseAddress!.copyMemory(from: $0.baseAddress! + Int(offset), byteCount: filled) }
+            }
+        case .zeros:
+            break
+        case .file(let path, let fileOffset, let length):
+            let wanted = offset < length ? min(UInt64(destination.count), length - offset) : 0
+            if wanted > 0 {
+                do {
+                    filled = try FileBytes.read(path, offset: fileOffset + offset,
+                                                into: UnsafeMutableRawBufferPointer(rebasing: destination[0..<Int(wanted)]))
+                } catch {
+                    throw .unreadable(index: index, region: region.name, error: error)
+                }
+                guard filled == Int(wanted) else {
+                    throw .shortFile(index: index, region: region.name, expected: length, read: offset + UInt64(filled))
+                }
+            }
+        }
+        if filled < destination.count, let base = destination.baseAddress {
+            (base + filled).initializeMemory(as: UInt8.self, repeating: 0, count: destination.count - filled)
+        }
+    }
+
+
     /// The region's bytes, zero-padded to its whole size.
     static func pageContents(of region: PlanRegion, index: Int) throws(ExpectedMeasurementError) -> [UInt8] {
         var bytes: [UInt8]
