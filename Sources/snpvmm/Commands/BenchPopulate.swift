@@ -12,13 +12,18 @@ import VMMCore
 /// on the fake.
 enum BenchPopulate {
     static let benchmark = BenchCommand.Benchmark(
-        name: "populate", synopsis: "populate --size SIZE [--runs N] [--json]", run: { run($0) })
+        name: "populate",
+        synopsis: "populate --size SIZE [--runs N] [--json] | populate --platform snp|tdx|cca [--emulate] [--policy in-place|separate-source] --size SIZE [--json]",
+        run: { run($0) })
 
     static func run(_ arguments: [String]) -> ExitCode {
         var size: UInt64 = 256 << 20, runs = 3
         let parser = ArgumentParser(options: [OptionSpec(names: ["--size"], takesValue: true),
                                               OptionSpec(names: ["--runs"], takesValue: true),
-                                              OptionSpec(names: ["--json"], takesValue: false)],
+                                              OptionSpec(names: ["--json"], takesValue: false),
+                                              OptionSpec(names: ["--platform"], takesValue: true),
+                                              OptionSpec(names: ["--policy"], takesValue: true),
+                                              OptionSpec(names: ["--emulate"], takesValue: false)],
                                     dialect: .snpvmm(command: "bench populate"))
         let given: ParsedArguments
         do { given = try parser.parse(arguments) } catch { fail("bench populate: \(error)", status: .usage) }
@@ -33,6 +38,23 @@ enum BenchPopulate {
             runs = value
         }
         let json = given.has("--json")
+        if let name = given["--platform"] {
+            guard let platform = Platform(rawValue: name), platform != .plain else {
+                fail("bench populate: --platform '\(name)' must be snp, tdx or cca", status: .usage)
+            }
+            var policy: PopulationPolicy?
+            if let text = given["--policy"] {
+                guard let value = PopulationPolicy(rawValue: text) else {
+                    fail("bench populate: --policy '\(text)' must be in-place or separate-source", status: .usage)
+                }
+                policy = value
+            }
+            guard given["--runs"] == nil else { fail("bench populate: --runs times the plain fill; a --platform launch runs once", status: .usage) }
+            return BenchPopulateLaunch.run(.init(platform: platform, policy: policy, emulate: given.has("--emulate"), size: size), json: json)
+        }
+        for option in ["--policy", "--emulate"] where given.has(option) {
+            fail("bench populate: \(option) describes a --platform launch; give --platform snp, tdx or cca", status: .usage)
+        }
         do {
             let contents = (0..<Int(size)).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ ($0 >> 12)) }
             let memcpy = try best(of: runs) { try memcpyIntoFreshMemory(contents) }
