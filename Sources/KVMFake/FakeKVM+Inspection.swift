@@ -94,18 +94,35 @@ extension FakeKVM {
     public func hostFrame(of memfd: GuestMemfd, offset: UInt64) -> UInt64? {
         withLock {
             guard case .guestMemfd(let fake)? = file(memfd.fd), offset < fake.size else { return nil }
-            return fake.pages[Int(offset / pageSize)].frame
+            return fake.frame(Int(offset / pageSize), host)
         }
     }
 
     /// The RMP entry of a host frame; nil for a frame the hypervisor owns.
+    /// A scattered frame's owner is found by a scan: for test-sized hosts.
     public func rmpEntry(frame: UInt64) -> RMPEntry? {
-        withLock { rmp.entry(frame: frame) }
+        withLock {
+            if let entry = rmp.kernelEntries[frame] { return entry }
+            guard let owner = host.runOwner(of: frame) ?? host.scatteredOwner(of: frame),
+                  let gmem = guestMemfds[owner.file] else { return nil }
+            return gmem.rmpEntry(Int(owner.page))
+        }
     }
 
-    /// All frames assigned to guests, with their entries.
+    /// All frames assigned to guests, with their entries; one entry per
+    /// assigned page, so meant for test-sized guests.
     public var assignedFrames: [UInt64: RMPEntry] {
-        withLock { Dictionary(uniqueKeysWithValues: rmp.assignedFrames.map { ($0, rmp.entry(frame: $0)!) }) }
+        withLock {
+            var frames = rmp.kernelEntries
+            for gmem in guestMemfds.values {
+                for stretch in gmem.stretches(0..<gmem.pageCount, where: { $0.rmp != nil }) {
+                    for page in stretch {
+                        if let frame = gmem.frame(page, host) { frames[frame] = gmem.rmpEntry(page) }
+                    }
+                }
+            }
+            return frames
+        }
     }
 
     /// RMPUPDATE instructions issued so far.

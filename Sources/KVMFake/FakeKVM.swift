@@ -27,6 +27,8 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
     private var mappings: [FakeMapping] = []
     var host: HostMemory
     var rmp = RMPTable()
+    /// Live guest_memfd files by id, for finding a frame's owner.
+    var guestMemfds: [Int: FakeGuestMemfd] = [:]
     var nextASID: UInt32 = 1
     private var pendingSignals: [PendingSignal] = []
 
@@ -193,14 +195,12 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
                 // would raise SIGBUS (kvm_gmem_fault_user_mapping: past the end
                 // of the file, or a page that is not shared) they fail with EFAULT.
                 let first = fileOffset + UInt64(start - mapping.base) / pageSize * pageSize
-                var offset = first
-                while offset < first + UInt64(length) {
-                    guard offset < gmem.size else { throw .badAddress }
-                    let index = Int(offset / pageSize)
-                    guard gmem.pages[index].shared else { throw .badAddress }
-                    gmem.allocatePage(index, &host)
-                    offset += pageSize
-                }
+                let end = first + (UInt64(length) + pageSize - 1) / pageSize * pageSize
+                let inFile = Int(first / pageSize)..<Int(min(end, max(gmem.size, first)) / pageSize)
+                // Pages are faulted in order up to the first that raises SIGBUS.
+                let stop = gmem.stretches(inFile, where: { !$0.shared }).first?.lowerBound ?? inFile.upperBound
+                gmem.allocate(inFile.lowerBound..<stop, &host)
+                if stop < inFile.upperBound || end > gmem.size { throw .badAddress }
             }
             if Glibc.madvise(address, length, advice) != 0 { throw Errno(rawValue: errno) }
         }
@@ -261,16 +261,16 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
             let first = offset / Int(pageSize)
             if mode & CKVM_FALLOC_FL_PUNCH_HOLE != 0 {
                 // kvm_gmem_punch_hole: any range, including past the end; pages read back as zero.
-                let end = min(gmem.pages.count, first + length / Int(pageSize))
+                let end = min(gmem.pageCount, first + length / Int(pageSize))
                 if first < end {
-                    for index in first..<end { gmem.freePage(index, &host, rmp: &rmp) }
+                    gmem.free(first..<end, &host, rmp: &rmp)
                     _ = ckvm_fallocate(gmem.backing, CKVM_FALLOC_FL_KEEP_SIZE | CKVM_FALLOC_FL_PUNCH_HOLE,
                                        first * Int(pageSize), (end - first) * Int(pageSize))
                 }
             } else {
                 // kvm_gmem_allocate: the range must lie inside the file.
                 guard UInt64(offset) + UInt64(length) <= gmem.size else { throw .invalidArgument }
-                for index in first..<(first + length / Int(pageSize)) { gmem.allocatePage(index, &host) }
+                gmem.allocate(first..<(first + length / Int(pageSize)), &host)
             }
         }
     }
@@ -295,6 +295,7 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         gmem.references -= 1
         if gmem.references == 0 {
             gmem.release(&host, rmp: &rmp)
+            guestMemfds[gmem.id] = nil
             dropReference(gmem.vm)
         }
     }
@@ -309,7 +310,7 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         guard vm.references == 0 else { return }
         if let snp = vm.snp {
             for frame in snp.vmsaFrames {
-                rmp.reclaim(frame: frame)
+                rmp.reclaimKernelPage(frame)
                 host.freeKernelPage(frame)
             }
             vm.snp?.vmsaFrames = []
@@ -502,6 +503,7 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         guard Int64(bitPattern: request.size) > 0, request.size % unit == 0 else { throw .invalidArgument }
         // The reserved words are not checked.
         let gmem = try FakeGuestMemfd(id: objectID(), vm: vm, size: request.size, flags: flags, placement: placement)
+        guestMemfds[gmem.id] = gmem
         vm.references += 1
         return Int(install(.guestMemfd(gmem)))
     }
@@ -629,12 +631,9 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
             throw .invalidArgument
         }
         let toPrivate = request.attributes & CKVM_MEMORY_ATTRIBUTE_PRIVATE != 0
-        for index in Int(request.offset / pageSize)..<Int(end / pageSize) {
-            if !toPrivate, !gmem.pages[index].shared, let frame = gmem.pages[index].frame {
-                rmp.reclaim(frame: frame)
-            }
-            gmem.pages[index].shared = !toPrivate
-        }
+        let range = Int(request.offset / pageSize)..<Int(end / pageSize)
+        if !toPrivate { gmem.reclaimRMP(range, host, rmp: &rmp) }
+        gmem.update(range) { $0.shared = !toPrivate }
         for mapping in mappings {
             setHostAccess(mapping, gmem, offset: request.offset, size: request.size, shared: !toPrivate)
         }
@@ -656,12 +655,13 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         let pages = min(UInt64(mapping.length), gmem.size > offset ? gmem.size - offset : 0) / pageSize
         guard pages > 0 else { return }
         let first = Int(offset / pageSize)
-        if !gmem.pages.initial.shared {
+        if !gmem.initiallyShared {
             setHostAccess(mapping, gmem, offset: offset, size: pages * pageSize, shared: false)
         }
-        for index in gmem.pages.touched where index >= first && index < first + Int(pages)
-            && gmem.pages[index].shared != gmem.pages.initial.shared {
-            setHostAccess(mapping, gmem, offset: UInt64(index) * pageSize, size: pageSize, shared: gmem.pages[index].shared)
+        let initial = gmem.initiallyShared
+        for stretch in gmem.stretches(first..<(first + Int(pages)), where: { $0.shared != initial }) {
+            setHostAccess(mapping, gmem, offset: UInt64(stretch.lowerBound) * pageSize, size: UInt64(stretch.count) * pageSize,
+                          shared: !initial)
         }
     }
 
@@ -767,8 +767,17 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
     }
 
     /// One kvm_tdp_map_page: maps the 4 KiB page at `gpa`, or the whole 2 MiB
-    /// page around it when one memslot and one attribute cover it, and
-    /// returns how much of the request that covers.
+    /// page around it when one memslot and one attribute cover it and, for
+    /// guest_memfd memory, its folio is a 2 MiB HugeTLB page (the max_order
+    /// `kvm_gmem_get_pfn` reports; other guest_memfd folios are single
+    /// pages). Returns how much of the request that covers.
+    ///
+    /// Faulting private guest_memfd memory prepares its folio
+    /// (`kvm_gmem_prepare_folio`); after an SNP launch that assigns it in
+    /// the RMP (`sev_gmem_prepare`): one 2 MiB entry where the folio is a
+    /// 2 MiB-aligned huge page and the platform keeps large entries, else a
+    /// 4 KiB entry per page. With no signal pending, single pages up to the
+    /// next 2 MiB boundary are done at once, as that many calls would do them.
     private func preFaultChunk(_ vm: FakeVM, gpa: UInt64, size: UInt64) throws(Errno) -> UInt64 {
         guard vm.preFaultAllowed else { throw .notSupported }
         guard profile.tdp else { throw .notSupported }
@@ -776,20 +785,46 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
         // No memslot: the MMIO/emulate path, RET_PF_EMULATE.
         guard let slot = vm.slot(containing: gfn) else { throw .noSuchFileOrDirectory }
         let isPrivate = self.isPrivate(vm, gfn: gfn)
-        if isPrivate || slot.gmemOnly {
-            // kvm_mmu_faultin_pfn_gmem: a private fault needs a live guest_memfd binding.
-            guard let gmem = slot.gmem, !slot.gmemClosed else { throw .badAddress }
-            let index = slot.gmemPage(gfn)
-            gmem.allocatePage(index, &host)
-            gmem.pages[index].prepared = true
-        }
         let hugePages = hugePageSize / pageSize
         let hugeStart = gfn / hugePages * hugePages
-        let level = slot.contains(hugeStart) && slot.contains(hugeStart + hugePages - 1)
+        var huge = slot.contains(hugeStart) && slot.contains(hugeStart + hugePages - 1)
             && vm.attributes.allEqual(hugeStart, hugeStart + hugePages, to: vm.attributes.value(at: gfn))
-            ? hugePageSize : pageSize
-        let end = gpa / level * level + level
-        return min(size, end - gpa)
+        guard isPrivate || slot.gmemOnly else {
+            let level = huge ? hugePageSize : pageSize
+            return min(size, gpa / level * level + level - gpa)
+        }
+        // kvm_mmu_faultin_pfn_gmem: a private fault needs a live guest_memfd binding.
+        guard let gmem = slot.gmem, !slot.gmemClosed else { throw .badAddress }
+        huge = huge && gmem.hugeFolios && (!profile.inPlaceConversion
+            || gmem.stretches(slot.gmemPage(hugeStart)..<(slot.gmemPage(hugeStart) + Int(hugePages)),
+                              where: { $0.shared == !isPrivate }).first?.count == Int(hugePages))
+        let first = huge ? hugeStart : gfn
+        var count: UInt64 = huge ? hugePages : 1
+        if !huge, pendingSignals.isEmpty {
+            // Pages of the same kind up to the next 2 MiB boundary, the end of the request or of the slot.
+            let sameKind = profile.inPlaceConversion
+                ? UInt64(gmem.pages.segment(at: UInt64(slot.gmemPage(gfn))).end) &- UInt64(slot.gmemPage(gfn)) &+ gfn
+                : vm.attributes.segment(at: gfn).end
+            count = min(hugeStart + hugePages, gfn + size / pageSize, slot.endGFN, sameKind) - gfn
+        }
+        let pages = slot.gmemPage(first)..<(slot.gmemPage(first) + Int(count))
+        gmem.allocate(pages, &host)
+        gmem.update(pages) { $0.prepared = true }
+        if isPrivate, let snp = vm.snp, snp.finished {
+            let large = huge && profile.snp?.largeRMPEntries == true
+                && gmem.frame(pages.lowerBound, host).map { $0 % hugePages == 0 } == true
+            for stretch in gmem.stretches(pages, where: { $0.rmp == nil && $0.allocated }) {
+                let stretchGPA = (first + UInt64(stretch.lowerBound - pages.lowerBound)) * pageSize
+                if large, stretch == pages {
+                    gmem.assignRMP(stretch, gpa: stretchGPA, asid: snp.asid, immutable: false, validated: false, isLarge: true,
+                                   host, rmp: &rmp)
+                } else {
+                    gmem.assignRMP(stretch, gpa: stretchGPA, asid: snp.asid, immutable: false, validated: false, isLarge: false,
+                                   host, rmp: &rmp)
+                }
+            }
+        }
+        return min(size, (first + count) * pageSize - gpa)
     }
 
     // MARK: KVM_RUN
@@ -938,13 +973,11 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
                 guard let gmem = slot.gmem, !slot.gmemClosed else { throw memoryFault() }
                 let index = slot.gmemPage(gfn)
                 gmem.allocatePage(index, &host)
-                gmem.pages[index].prepared = true
-                if isPrivate, let snp = vm.snp, snp.finished, let frame = gmem.pages[index].frame,
-                   rmp.entry(frame: frame) == nil
-                {
+                gmem.update(index..<(index + 1)) { $0.prepared = true }
+                if isPrivate, let snp = vm.snp, snp.finished, gmem.frame(index, host) != nil, gmem.state(index).rmp == nil {
                     // sev_gmem_prepare: after launch, private pages are assigned on first fault.
-                    rmp.assign(frame: frame, gpa: gfn * pageSize, asid: snp.asid, immutable: false, validated: false,
-                               isLarge: false)
+                    gmem.assignRMP(index..<(index + 1), gpa: gfn * pageSize, asid: snp.asid, immutable: false, validated: false,
+                                   isLarge: false, host, rmp: &rmp)
                 }
                 target = gmem.view + index * Int(pageSize) + Int(address % pageSize)
             } else {

@@ -5,7 +5,7 @@ extension FakeKVM {
     func isPrivate(_ vm: FakeVM, gfn: UInt64) -> Bool {
         guard vm.type.hasPrivateMemory else { return false }
         if profile.inPlaceConversion, let slot = vm.slot(containing: gfn), let gmem = slot.gmem {
-            return !gmem.pages[slot.gmemPage(gfn)].shared
+            return !gmem.state(slot.gmemPage(gfn)).shared
         }
         return vm.isPrivate(gfn)
     }
@@ -38,17 +38,16 @@ extension FakeKVM {
             let gfn = startGFN + done, page = slot.gmemPage(gfn)
             let runPages = Int(hugePageSize / pageSize)
             var unit = 1
-            if largeUnits, page % runPages == 0, pages - done >= UInt64(runPages), page + runPages <= gmem.pages.count {
-                for index in page..<(page + runPages) { gmem.allocatePage(index, &host) }
-                if let first = gmem.pages[page].frame, first % UInt64(runPages) == 0,
-                   (0..<runPages).allSatisfy({ gmem.pages[page + $0].frame == first + UInt64($0) })
-                {
-                    unit = runPages
-                }
+            if largeUnits, page % runPages == 0, pages - done >= UInt64(runPages), page + runPages <= gmem.pageCount {
+                gmem.allocate(page..<(page + runPages), &host)
+                // One 2 MiB-aligned run of consecutive frames: a huge folio.
+                var frames: [(UInt64, UInt64)] = []
+                gmem.forEachFrameRun(page..<(page + runPages), host) { frames.append(($0, $1)) }
+                if frames.count == 1, frames[0].0 % UInt64(runPages) == 0, frames[0].1 == UInt64(runPages) { unit = runPages }
             }
-            for index in page..<(page + unit) { gmem.allocatePage(index, &host) }
+            gmem.allocate(page..<(page + unit), &host)
             // 6.11-6.18: a folio already prepared (populated, or faulted in) is refused.
-            if !profile.reworkedPopulation, (page..<(page + unit)).contains(where: { gmem.pages[$0].prepared }) {
+            if !profile.reworkedPopulation, !gmem.stretches(page..<(page + unit), where: { $0.prepared }).isEmpty {
                 failure = .fileExists
                 break
             }
@@ -64,7 +63,7 @@ extension FakeKVM {
                 failure = error
                 break
             }
-            for index in page..<(page + unit) { gmem.pages[index].prepared = true }
+            gmem.update(page..<(page + unit)) { $0.prepared = true }
             done += UInt64(unit)
             pagesDone(unit, for: ioctl)
         }

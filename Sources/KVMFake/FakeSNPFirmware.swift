@@ -235,10 +235,12 @@ extension FakeKVM {
     private func snpPopulate(_ vm: FakeVM, gmem: FakeGuestMemfd, firstPage: Int, pages: Int, gfn: UInt64,
                              type: SNPLaunchUpdate.PageType, source: UnsafeMutableRawPointer?, command: ckvm_sev_cmd,
                              firmware: SNPFirmwareProfile, firmwareError: inout UInt32) throws(Errno) {
-        let frames = (firstPage..<(firstPage + pages)).compactMap { gmem.pages[$0].frame }
-        guard frames.count == pages else { throw .noMemory }
+        let unitPages = firstPage..<(firstPage + pages)
+        var framed: UInt64 = 0
+        gmem.forEachFrameRun(unitPages, host) { _, count in framed += count }
+        guard framed == UInt64(pages) else { throw .noMemory }
         // snp_lookup_rmpentry: a page already assigned cannot be launched again.
-        if frames.contains(where: { rmp.entry(frame: $0)?.assigned == true }) { throw .fileExists }
+        if !gmem.stretches(unitPages, where: { $0.rmp != nil }).isEmpty { throw .fileExists }
         try requireSEVDevice(command)
         // Only the fields needed: a copy of the whole context held across the
         // loop would make every page-log append copy the log.
@@ -246,19 +248,24 @@ extension FakeKVM {
             firmwareError = SEVFirmwareStatus.invalidGuestState.rawValue  // the launch is over
             throw .ioError
         }
+        // RMPUPDATE: the unit becomes the guest's, as one 2 MiB entry or one 4 KiB entry.
+        gmem.assignRMP(unitPages, gpa: gfn * pageSize, asid: asid, immutable: true, validated: true, isLarge: pages > 1,
+                       host, rmp: &rmp)
+        if type == .zero {
+            // The firmware zeroes the pages. The fake punches them out of its
+            // memfd, which reads back as zeros, so that zeroing a large guest
+            // does not allocate its memory in this process.
+            _ = ckvm_fallocate(gmem.backing, CKVM_FALLOC_FL_KEEP_SIZE | CKVM_FALLOC_FL_PUNCH_HOLE,
+                               firstPage * Int(pageSize), pages * Int(pageSize))
+        }
         for offset in 0..<pages {
             let page = firstPage + offset, bytes = gmem.pageBytes(page), gpa = (gfn + UInt64(offset)) * pageSize
             if let source {
                 bytes.copyMemory(from: UnsafeRawBufferPointer(start: source + offset * Int(pageSize), count: Int(pageSize)))
             }
-            rmp.assign(frame: frames[offset], gpa: gpa, asid: asid, immutable: true, validated: true,
-                       isLarge: pages > 1, countsAsUpdate: offset == 0)
             switch type {
             case .zero:
-                // The firmware zeroes the page. A hole of the memfd already
-                // reads as zero and is left alone, so that zeroing a large
-                // guest does not allocate its memory in this process.
-                if !gmem.isHole(page) { bytes.initializeMemory(as: UInt8.self, repeating: 0) }
+                break
             case .secrets:
                 // The firmware fills the secrets page (VMPCKs and the like); the host learns nothing of it.
                 let secret = FirmwareHash.sha384.digest(Array("fake secrets page, asid \(asid)".utf8))
@@ -271,7 +278,7 @@ extension FakeKVM {
                     // (sev_gmem_post_populate). In place there is no source.
                     firmwareError = SEVFirmwareStatus.invalidParam.rawValue
                     if let source { source.copyMemory(from: bytes.baseAddress!, byteCount: Int(pageSize)) }
-                    rmp.reclaim(frame: frames[offset])
+                    gmem.reclaimRMP(page..<(page + 1), host, rmp: &rmp)
                     throw .ioError
                 }
             default:
@@ -309,8 +316,7 @@ extension FakeKVM {
             let vmsa = FirmwareVMSA.page(regs: vcpu.regs, sregs: vcpu.sregs, sevFeatures: snp.vmsaFeatures)
             // The VMSA is a page KVM allocates for the vCPU, not guest_memfd memory.
             if let frame = host.allocateKernelPage() {
-                rmp.assign(frame: frame, gpa: CKVM_SNP_INITIAL_VMSA_GPA, asid: snp.asid, immutable: true,
-                           validated: true, isLarge: false)
+                rmp.assignKernelPage(frame, gpa: CKVM_SNP_INITIAL_VMSA_GPA, asid: snp.asid)
                 vm.snp?.vmsaFrames.append(frame)
             }
             extendSNPDigest(vm, gpa: CKVM_SNP_INITIAL_VMSA_GPA, type: .vmsa, contentsHash: FirmwareHash.sha384.digest(vmsa))

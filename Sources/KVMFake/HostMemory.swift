@@ -4,24 +4,35 @@ import GuestMemfd
 ///
 /// Placement decides how many 1 GiB regions hold guest-private memory, which
 /// is what RMPOPT cares about; the frames are bookkeeping only (the bytes
-/// live in each file's memfd). Only frames in use are recorded, so a
-/// terabyte host costs nothing until it is used.
+/// live in each file's memfd). A contiguous run (a HugeTLB page) is one
+/// record however many pages use it, so 2 MiB and 1 GiB placement cost a
+/// record per run; scattered 4 KiB pages cost four bytes each, and the
+/// frames in use one bit each, kept only for the gigabytes that hold any.
 ///
 /// The first gigabyte holds the host kernel: pages the kernel allocates for
 /// itself (an SNP vCPU's VMSA) come from there, lowest first, and
-/// contiguous runs (HugeTLB pages) are carved from the regions above it,
-/// as the kernel's own allocations and reserved huge pages do not mix.
+/// contiguous runs are carved from the regions above it, as the kernel's
+/// own allocations and reserved huge pages do not mix.
 struct HostMemory {
     let frames: UInt64
 
     /// Frames handed out one by one (scattered pages and kernel pages).
-    private var single = Set<UInt64>()
-    /// 2 MiB slot → how many single frames lie in it; a run needs a slot with none.
-    private var singlesPerSlot: [UInt64: Int] = [:]
-    /// 2 MiB slots held by runs.
-    private var runSlots = Set<UInt64>()
+    private var single: FrameBitmap
+    private var singleCount: UInt64 = 0
+    /// Per 2 MiB slot, how many single frames lie in it; a run needs a slot with none.
+    private var singlesPerSlot: [UInt16]
+    /// Per 2 MiB slot, whether a run holds it.
+    private var runSlots: [Bool]
+    private var runSlotCount: UInt64 = 0
+    /// Per 1 GiB region, its slots held by a run or holding a single frame;
+    /// a 1 GiB run needs a region with none.
+    private var busySlotsPerRegion: [UInt16]
     /// (file, run index) → the run backing those pages.
     private var runs: [RunKey: Run] = [:]
+    /// A run's first frame → the run, for finding a frame's owner.
+    private var runBases: [UInt64: RunKey] = [:]
+    /// (file, 512-page block) → the frames of a scattered file's pages, `none` where unallocated.
+    private var scattered: [RunKey: [UInt32]] = [:]
     /// No 2 MiB slot below this one is free for a run.
     private var lowestFreeSlot = HostMemory.framesPer1G / HostMemory.framesPer2M
     /// No kernel frame below this one is free.
@@ -39,8 +50,14 @@ struct HostMemory {
         var used: UInt64
     }
 
+    private static let none = UInt32.max
+
     init(bytes: UInt64) {
         frames = bytes / pageSize
+        single = FrameBitmap(frames: frames)
+        singlesPerSlot = [UInt16](repeating: 0, count: Int((frames + Self.framesPer2M - 1) / Self.framesPer2M))
+        runSlots = [Bool](repeating: false, count: singlesPerSlot.count)
+        busySlotsPerRegion = [UInt16](repeating: 0, count: Int((frames + Self.framesPer1G - 1) / Self.framesPer1G))
     }
 
     static let framesPer2M: UInt64 = 512
@@ -48,54 +65,117 @@ struct HostMemory {
     private static let slotsPer1G = framesPer1G / framesPer2M
 
     /// Frames in use, by any owner.
-    var usedFrames: UInt64 { UInt64(single.count) + UInt64(runSlots.count) * Self.framesPer2M }
+    var usedFrames: UInt64 { singleCount + runSlotCount * Self.framesPer2M }
 
-    /// The frame for `page` of `file`, allocating one if needed; nil when
-    /// the host has no frame (or no free run) left.
-    mutating func allocate(file: Int, page: UInt64, policy: PlacementPolicy) -> UInt64? {
+    private static func runFrames(_ policy: PlacementPolicy) -> UInt64 {
+        policy == .contiguous1G ? framesPer1G : framesPer2M
+    }
+
+    /// Gives pages `pages` of `file`, none of them allocated yet, host
+    /// frames; a page gets none when the host has no frame (or no free run) left.
+    mutating func allocate(file: Int, pages: Range<UInt64>, policy: PlacementPolicy) {
+        guard !pages.isEmpty else { return }
         switch policy {
         case .scattered4K:
-            // xorshift64*: a fixed sequence, so placement is repeatable run to run.
-            guard usedFrames < frames else { return nil }
-            for _ in 0..<1_000_000 {
-                random ^= random >> 12
-                random ^= random << 25
-                random ^= random >> 27
-                let frame = (random &* 0x2545_F491_4F6C_DD1D) % frames
-                if runSlots.contains(frame / Self.framesPer2M) || single.contains(frame) { continue }
+            for page in pages {
+                guard let frame = randomFreeFrame() else { return }
                 takeSingle(frame)
-                return frame
+                let key = RunKey(file: file, run: page / Self.framesPer2M)
+                if scattered[key] == nil { scattered[key] = [UInt32](repeating: Self.none, count: Int(Self.framesPer2M)) }
+                scattered[key]![Int(page % Self.framesPer2M)] = UInt32(frame)
             }
-            return nil
         case .contiguous2M, .contiguous1G:
-            let runFrames = policy == .contiguous2M ? Self.framesPer2M : Self.framesPer1G
-            let key = RunKey(file: file, run: page / runFrames)
-            if runs[key] == nil {
-                guard let base = policy == .contiguous2M ? freeSlot() : freeRegion() else { return nil }
-                let firstSlot = base / Self.framesPer2M
-                for slot in firstSlot..<(firstSlot + runFrames / Self.framesPer2M) { runSlots.insert(slot) }
-                runs[key] = Run(base: base, frames: runFrames, used: 0)
+            let runFrames = Self.runFrames(policy)
+            var page = pages.lowerBound
+            while page < pages.upperBound {
+                let runEnd = min(pages.upperBound, (page / runFrames + 1) * runFrames)
+                let key = RunKey(file: file, run: page / runFrames)
+                if runs[key] == nil, let base = policy == .contiguous2M ? freeSlot() : freeRegion() {
+                    takeRun(base: base, frames: runFrames, key: key)
+                }
+                runs[key]?.used += runEnd - page
+                page = runEnd
             }
-            runs[key]!.used += 1
-            return runs[key]!.base + page % runFrames
         }
     }
 
-    /// Returns a guest_memfd frame to the host; a run goes back whole when
-    /// its last page is freed.
-    mutating func free(file: Int, page: UInt64, frame: UInt64, policy: PlacementPolicy) {
-        guard policy != .scattered4K else { return freeSingle(frame) }
-        let runFrames = policy == .contiguous2M ? Self.framesPer2M : Self.framesPer1G
-        let key = RunKey(file: file, run: page / runFrames)
-        guard let run = runs[key] else { return }
-        if run.used > 1 {
-            runs[key]!.used -= 1
-            return
+    /// Returns pages `pages` of `file`, all allocated, to the host; a run goes
+    /// back whole when its last page is freed.
+    mutating func free(file: Int, pages: Range<UInt64>, policy: PlacementPolicy) {
+        switch policy {
+        case .scattered4K:
+            for page in pages {
+                let key = RunKey(file: file, run: page / Self.framesPer2M), slot = Int(page % Self.framesPer2M)
+                guard let frame = scattered[key]?[slot], frame != Self.none else { continue }
+                scattered[key]![slot] = Self.none
+                if scattered[key]!.allSatisfy({ $0 == Self.none }) { scattered[key] = nil }
+                freeSingle(UInt64(frame))
+            }
+        case .contiguous2M, .contiguous1G:
+            let runFrames = Self.runFrames(policy)
+            var page = pages.lowerBound
+            while page < pages.upperBound {
+                let runEnd = min(pages.upperBound, (page / runFrames + 1) * runFrames)
+                let key = RunKey(file: file, run: page / runFrames)
+                if let run = runs[key] {
+                    if run.used > runEnd - page { runs[key]!.used -= runEnd - page } else { releaseRun(key) }
+                }
+                page = runEnd
+            }
         }
-        runs[key] = nil
-        let firstSlot = run.base / Self.framesPer2M
-        for slot in firstSlot..<(firstSlot + run.frames / Self.framesPer2M) { runSlots.remove(slot) }
-        lowestFreeSlot = min(lowestFreeSlot, firstSlot)
+    }
+
+    /// The frame backing `page` of `file`, if it has one.
+    func frame(file: Int, page: UInt64, policy: PlacementPolicy) -> UInt64? {
+        switch policy {
+        case .scattered4K:
+            guard let frame = scattered[RunKey(file: file, run: page / Self.framesPer2M)]?[Int(page % Self.framesPer2M)],
+                  frame != Self.none else { return nil }
+            return UInt64(frame)
+        case .contiguous2M, .contiguous1G:
+            let runFrames = Self.runFrames(policy)
+            return runs[RunKey(file: file, run: page / runFrames)].map { $0.base + page % runFrames }
+        }
+    }
+
+    /// Calls `body` for each stretch of `pages` whose frames are consecutive
+    /// (or absent), in page order: a run's worth at a time for contiguous
+    /// placement, a page at a time for scattered.
+    func forEachFrameRun(file: Int, pages: Range<UInt64>, policy: PlacementPolicy,
+                         _ body: (_ page: UInt64, _ frame: UInt64?, _ count: UInt64) -> Void) {
+        switch policy {
+        case .scattered4K:
+            for page in pages { body(page, frame(file: file, page: page, policy: policy), 1) }
+        case .contiguous2M, .contiguous1G:
+            let runFrames = Self.runFrames(policy)
+            var page = pages.lowerBound
+            while page < pages.upperBound {
+                let runEnd = min(pages.upperBound, (page / runFrames + 1) * runFrames)
+                body(page, frame(file: file, page: page, policy: policy), runEnd - page)
+                page = runEnd
+            }
+        }
+    }
+
+    /// The file and page a run's frame backs; nil for frames outside runs.
+    func runOwner(of frame: UInt64) -> (file: Int, page: UInt64)? {
+        for runFrames in [Self.framesPer2M, Self.framesPer1G] {
+            let base = frame / runFrames * runFrames
+            if let key = runBases[base], let run = runs[key], run.frames == runFrames {
+                return (key.file, key.run * runFrames + (frame - base))
+            }
+        }
+        return nil
+    }
+
+    /// The file and page a scattered frame backs, found by a scan of every
+    /// scattered page: for inspecting test-sized hosts.
+    func scatteredOwner(of frame: UInt64) -> (file: Int, page: UInt64)? {
+        guard single.contains(frame) else { return nil }
+        for (key, frames) in scattered {
+            if let slot = frames.firstIndex(of: UInt32(frame)) { return (key.file, key.run * Self.framesPer2M + UInt64(slot)) }
+        }
+        return nil
     }
 
     /// A page the host kernel allocates for itself (`alloc_page`): the
@@ -103,7 +183,7 @@ struct HostMemory {
     mutating func allocateKernelPage() -> UInt64? {
         var frame = lowestKernelFrame
         while frame < frames {
-            if runSlots.contains(frame / Self.framesPer2M) {
+            if runSlots[Int(frame / Self.framesPer2M)] {
                 frame = (frame / Self.framesPer2M + 1) * Self.framesPer2M
                 continue
             }
@@ -123,19 +203,62 @@ struct HostMemory {
         lowestKernelFrame = min(lowestKernelFrame, frame)
     }
 
+    /// A free frame outside the runs, from a fixed xorshift64* sequence, so
+    /// that placement is repeatable run to run.
+    private mutating func randomFreeFrame() -> UInt64? {
+        guard usedFrames < frames else { return nil }
+        for _ in 0..<1_000_000 {
+            random ^= random >> 12
+            random ^= random << 25
+            random ^= random >> 27
+            let frame = (random &* 0x2545_F491_4F6C_DD1D) % frames
+            if runSlots[Int(frame / Self.framesPer2M)] || single.contains(frame) { continue }
+            return frame
+        }
+        return nil
+    }
+
     private mutating func takeSingle(_ frame: UInt64) {
         single.insert(frame)
-        singlesPerSlot[frame / Self.framesPer2M, default: 0] += 1
+        singleCount += 1
+        let slot = Int(frame / Self.framesPer2M)
+        if singlesPerSlot[slot] == 0, !runSlots[slot] { busySlotsPerRegion[slot / Int(Self.slotsPer1G)] += 1 }
+        singlesPerSlot[slot] += 1
     }
 
     private mutating func freeSingle(_ frame: UInt64) {
-        guard single.remove(frame) != nil else { return }
-        let slot = frame / Self.framesPer2M
-        if singlesPerSlot[slot, default: 0] <= 1 { singlesPerSlot[slot] = nil } else { singlesPerSlot[slot]! -= 1 }
-        if slot >= Self.slotsPer1G { lowestFreeSlot = min(lowestFreeSlot, slot) }
+        guard single.remove(frame) else { return }
+        singleCount -= 1
+        let slot = Int(frame / Self.framesPer2M)
+        singlesPerSlot[slot] -= 1
+        if singlesPerSlot[slot] == 0, !runSlots[slot] { busySlotsPerRegion[slot / Int(Self.slotsPer1G)] -= 1 }
+        if UInt64(slot) >= Self.slotsPer1G { lowestFreeSlot = min(lowestFreeSlot, UInt64(slot)) }
     }
 
-    private func slotIsFree(_ slot: UInt64) -> Bool { !runSlots.contains(slot) && singlesPerSlot[slot] == nil }
+    private mutating func takeRun(base: UInt64, frames count: UInt64, key: RunKey) {
+        let firstSlot = Int(base / Self.framesPer2M)
+        for slot in firstSlot..<(firstSlot + Int(count / Self.framesPer2M)) {
+            runSlots[slot] = true
+            busySlotsPerRegion[slot / Int(Self.slotsPer1G)] += 1
+        }
+        runSlotCount += count / Self.framesPer2M
+        runs[key] = Run(base: base, frames: count, used: 0)
+        runBases[base] = key
+    }
+
+    private mutating func releaseRun(_ key: RunKey) {
+        guard let run = runs.removeValue(forKey: key) else { return }
+        runBases[run.base] = nil
+        let firstSlot = Int(run.base / Self.framesPer2M)
+        for slot in firstSlot..<(firstSlot + Int(run.frames / Self.framesPer2M)) {
+            runSlots[slot] = false
+            busySlotsPerRegion[slot / Int(Self.slotsPer1G)] -= 1
+        }
+        runSlotCount -= run.frames / Self.framesPer2M
+        lowestFreeSlot = min(lowestFreeSlot, UInt64(firstSlot))
+    }
+
+    private func slotIsFree(_ slot: UInt64) -> Bool { !runSlots[Int(slot)] && singlesPerSlot[Int(slot)] == 0 }
 
     /// The lowest free 2 MiB slot above the kernel's gigabyte, so that runs
     /// pack into as few 1 GiB regions as possible and guests share them.
@@ -155,10 +278,39 @@ struct HostMemory {
     private func freeRegion() -> UInt64? {
         var region: UInt64 = 1
         while (region + 1) * Self.framesPer1G <= frames {
-            let first = region * Self.slotsPer1G
-            if (first..<(first + Self.slotsPer1G)).allSatisfy(slotIsFree) { return region * Self.framesPer1G }
+            if busySlotsPerRegion[Int(region)] == 0 { return region * Self.framesPer1G }
             region += 1
         }
         return nil
+    }
+}
+
+/// One bit per host frame, stored per 1 GiB region only once a bit in it is set.
+struct FrameBitmap {
+    private var regions: [[UInt64]?]
+    private static let wordsPerRegion = Int(HostMemory.framesPer1G / 64)
+
+    init(frames: UInt64) {
+        regions = Array(repeating: nil, count: Int((frames + HostMemory.framesPer1G - 1) / HostMemory.framesPer1G))
+    }
+
+    func contains(_ frame: UInt64) -> Bool {
+        guard let words = regions[Int(frame / HostMemory.framesPer1G)] else { return false }
+        let bit = frame % HostMemory.framesPer1G
+        return words[Int(bit / 64)] & (1 << (bit % 64)) != 0
+    }
+
+    mutating func insert(_ frame: UInt64) {
+        let region = Int(frame / HostMemory.framesPer1G), bit = frame % HostMemory.framesPer1G
+        if regions[region] == nil { regions[region] = [UInt64](repeating: 0, count: Self.wordsPerRegion) }
+        regions[region]![Int(bit / 64)] |= 1 << (bit % 64)
+    }
+
+    /// Clears the frame's bit; returns whether it was set.
+    mutating func remove(_ frame: UInt64) -> Bool {
+        guard contains(frame) else { return false }
+        let region = Int(frame / HostMemory.framesPer1G), bit = frame % HostMemory.framesPer1G
+        regions[region]![Int(bit / 64)] &= ~(1 << (bit % 64))
+        return true
     }
 }

@@ -18,10 +18,33 @@ public struct RMPEntry: Hashable, Sendable {
     public var gpa: UInt64
 }
 
+/// The RMP's state for one run of frames that a guest owns. A guest_memfd
+/// file keeps it per page range (the frames are its pages'); the kernel's
+/// own pages (VMSAs) keep it per frame in `RMPTable`.
+struct RMPState: Equatable {
+    var asid: UInt32
+    var validated: Bool
+    var immutable: Bool
+    var isLarge: Bool
+    /// The GPA less the page's offset in its file (or the frame's address
+    /// for a kernel page), so that consecutive pages at consecutive GPAs share one value.
+    var gpaBase: UInt64
+
+    func entry(gpaOffset: UInt64) -> RMPEntry {
+        RMPEntry(assigned: true, asid: asid, validated: validated, immutable: immutable, isLarge: isLarge,
+                 gpa: gpaBase &+ gpaOffset)
+    }
+}
+
+/// What the RMP as a whole keeps: the instructions issued, the assigned
+/// frames per 1 GiB region (what RMPOPT verifies), the kernel pages'
+/// entries, and the CPUs' RMPOPT tables. Entries of guest_memfd pages live
+/// with the pages (`FakeGuestMemfd`), as runs.
 struct RMPTable {
-    private(set) var entries: [UInt64: RMPEntry] = [:]
+    /// Entries of frames the kernel allocated for itself (VMSAs).
+    private(set) var kernelEntries: [UInt64: RMPEntry] = [:]
     /// RMPUPDATE instructions issued (each 4 KiB or 2 MiB entry counts once).
-    private(set) var updates = 0
+    var updates = 0
     /// Assigned frames per 1 GiB region, by ASID: what RMPOPT's verification
     /// reads, kept per region so that a pass costs one look-up per region.
     private(set) var assignedByRegion: [UInt64: [UInt32: Int]] = [:]
@@ -30,51 +53,41 @@ struct RMPTable {
 
     static let regionFrames: UInt64 = 262_144
 
-    func entry(frame: UInt64) -> RMPEntry? { entries[frame] }
-
-    /// RMPUPDATE to guest-owned (`rmp_make_private`). Making a page assigned
-    /// clears its region's RMPOPT bit on every CPU (the hardware does this).
-    mutating func assign(frame: UInt64, gpa: UInt64, asid: UInt32, immutable: Bool, validated: Bool, isLarge: Bool,
-                         countsAsUpdate: Bool = true) {
-        if let old = entries[frame] { uncount(frame: frame, asid: old.asid) }
-        entries[frame] = RMPEntry(assigned: true, asid: asid, validated: validated, immutable: immutable,
-                                  isLarge: isLarge, gpa: gpa)
-        assignedByRegion[frame / Self.regionFrames, default: [:]][asid, default: 0] += 1
-        rmpopt?.clear(region: frame / Self.regionFrames)
-        if countsAsUpdate { updates += 1 }
+    /// Counts `count` frames from `frame` as assigned to `asid` (positive) or
+    /// no longer (negative). Assigning clears each region's RMPOPT bit on
+    /// every CPU (the hardware does this on RMPUPDATE).
+    mutating func count(frame: UInt64, frames count: UInt64, asid: UInt32, assigned: Bool) {
+        var first = frame
+        let end = frame + count
+        while first < end {
+            let region = first / Self.regionFrames
+            let stop = min(end, (region + 1) * Self.regionFrames)
+            let delta = Int(stop - first)
+            if assigned {
+                assignedByRegion[region, default: [:]][asid, default: 0] += delta
+                rmpopt?.clear(region: region)
+            } else if var owners = assignedByRegion[region], let held = owners[asid] {
+                owners[asid] = held > delta ? held - delta : nil
+                assignedByRegion[region] = owners.isEmpty ? nil : owners
+            }
+            first = stop
+        }
     }
 
-    /// RMPUPDATE back to hypervisor-owned (`rmp_make_shared`, page reclaim).
-    /// A frame inside a 2 MiB entry is split out first (PSMASH, which is
-    /// not an RMPUPDATE), as `snp_reclaim_pages` does for a partial range.
-    mutating func reclaim(frame: UInt64) {
-        guard let entry = entries.removeValue(forKey: frame) else { return }
-        if entry.isLarge {
-            let base = frame / 512 * 512
-            for other in base..<(base + 512) where entries[other] != nil { entries[other]!.isLarge = false }
-        }
-        uncount(frame: frame, asid: entry.asid)
+    /// RMPUPDATE of a kernel page to guest-owned (an SNP vCPU's VMSA).
+    mutating func assignKernelPage(_ frame: UInt64, gpa: UInt64, asid: UInt32) {
+        if let old = kernelEntries[frame] { count(frame: frame, frames: 1, asid: old.asid, assigned: false) }
+        kernelEntries[frame] = RMPEntry(assigned: true, asid: asid, validated: true, immutable: true, isLarge: false, gpa: gpa)
+        count(frame: frame, frames: 1, asid: asid, assigned: true)
         updates += 1
     }
 
-    /// One RMPUPDATE returning a whole 2 MiB entry to the hypervisor, when
-    /// the 2 MiB folio behind it is freed at once (`sev_gmem_invalidate`).
-    mutating func reclaimLarge(base: UInt64) {
-        for frame in base..<(base + 512) {
-            if let entry = entries.removeValue(forKey: frame) { uncount(frame: frame, asid: entry.asid) }
-        }
+    /// RMPUPDATE of a kernel page back to the hypervisor.
+    mutating func reclaimKernelPage(_ frame: UInt64) {
+        guard let entry = kernelEntries.removeValue(forKey: frame) else { return }
+        count(frame: frame, frames: 1, asid: entry.asid, assigned: false)
         updates += 1
     }
-
-    private mutating func uncount(frame: UInt64, asid: UInt32) {
-        let region = frame / Self.regionFrames
-        guard var owners = assignedByRegion[region], let count = owners[asid] else { return }
-        owners[asid] = count > 1 ? count - 1 : nil
-        assignedByRegion[region] = owners.isEmpty ? nil : owners
-    }
-
-    /// Frames currently assigned to a guest.
-    var assignedFrames: Dictionary<UInt64, RMPEntry>.Keys { entries.keys }
 
     /// RMPOPT function 0 on every CPU for every region it covers
     /// (`snp_rmpopt_all_physmem`'s work, `rmpopt_all_physmem`).
