@@ -9,10 +9,12 @@ import VMMCore
 /// placement does to the host's RMPOPT tables.
 ///
 /// Each guest is an SNP VM with one vCPU and one guest_memfd of
-/// `guestSize` bytes created with the backing asked for; its whole memory
-/// is private and populated (a 64 KiB image at the top, ZERO pages below),
-/// so every page is assigned in the RMP, as it is once a guest has
-/// accepted all of its memory.
+/// `guestSize` bytes created with the backing asked for. As QEMU does, all
+/// of its memory is made private when the memslot is added; the launch
+/// measures a 64 KiB image at the top; then, as a guest that has accepted
+/// all of its memory would have it, the rest is faulted in
+/// (KVM_PRE_FAULT_MEMORY), which assigns it in the RMP (`sev_gmem_prepare`:
+/// a 2 MiB entry per huge page, a 4 KiB entry per page otherwise).
 final class RMPOPTEmulation {
     /// What the command line asked for.
     struct Setup: Equatable {
@@ -72,23 +74,25 @@ final class RMPOPTEmulation {
             let mapping = try memfd.map()
             try vm.setUserMemoryRegion2(UserMemoryRegion2(slot: 0, guestPhysicalAddress: 0, mapping: mapping,
                                                           size: setup.guestSize))
-            try session.addMemory(.init(range: GuestRange(start: 0, size: setup.guestSize), mapping: mapping), backing: outcome)
+            let layout = GuestMemoryLayout.Slot(range: GuestRange(start: 0, size: setup.guestSize), mapping: mapping)
+            try session.addMemory(layout, backing: outcome)
+            try vm.setMemoryAttributes(GuestRange(start: 0, size: setup.guestSize), attributes: .private)
             var observed = options
             observed.observer = fake.observer(of: vm)
             _ = try session.populate(plan(), options: observed)
+            try vcpu.preFaultMemory(covering: GuestRange(start: 0, size: setup.guestSize))
             guests.append(Guest(vm: vm, snp: session.snp!, vcpu: vcpu, memfd: memfd, mapping: mapping,
                                 asid: fake.snpASID(of: vm) ?? 0))
         }
         launchUpdates = fake.rmpUpdates
     }
 
-    /// The plan: a 64 KiB image at the top of guest memory, ZERO pages below.
+    /// The plan: a 64 KiB image at the top of guest memory.
     private func plan() -> LaunchPlan {
         let imageStart = setup.guestSize - Self.imageSize
         let image = (0..<Int(Self.imageSize)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ ($0 >> 12)) }
         return LaunchPlan(regions: [
             PlanRegion(name: "image", range: GuestRange(start: imageStart, size: Self.imageSize), contents: .bytes(image)),
-            PlanRegion(name: "ram", range: GuestRange(start: 0, size: imageStart), contents: .zeros, kind: .zero),
         ])
     }
 
