@@ -171,6 +171,20 @@ import VMMCore
         #expect(recorded + "\n" == vector.stdout)
     }
 
+    /// RAM beyond the firmware stays private and unpopulated, so a large
+    /// guest measures as sev-snp-measure says whatever its size.
+    @Test(arguments: ["64G", "256G"])
+    func aLargeEmulatedFirmwareLaunchStillPrintsSevSnpMeasuresValue(memory: String) throws {
+        let vector = V.snpCase("sid-turin-8-kernel-initrd-append")
+        let result = try SNPVMMExecutable.run([
+            "run", "--firmware", V.sid, "--platform", "snp", "--emulate", "--launch-only", "--vcpu-type", "EPYC-Turin",
+            "--cpus", "8", "--memory", memory, "--kernel", "inputs/kernel.bin", "--initrd", "inputs/initrd.bin",
+            "--append", "console=ttyS0 root=/dev/vda1",
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == vector.stdout)
+    }
+
     @Test(arguments: [
         (["--platform", "cca"], "--firmware launches an SEV-SNP guest from OVMF or a TD from TDVF; give --platform snp or tdx"),
         (["--platform", "snp", "--launch-only"], "--firmware needs --vcpu-type NAME"),
@@ -231,6 +245,14 @@ import VMMCore
         let result = try session.populate(try launch.plan())
         #expect(Hex.encode(try #require(result.expectedMeasurement)) == expected)
         #expect(Hex.encode(try #require(fake.launchMeasurement(of: session.vm))) == expected)
+    }
+
+    @Test func aLargeEmulatedTDVFLaunchEndsWithTdShimsMRTD() throws {
+        let vector = try #require(V.tdx.first)
+        let run = try SNPVMMExecutable.run(["run", "--firmware", vector.image, "--platform", "tdx", "--emulate", "--launch-only",
+                                            "--cpus", "4", "--memory", "256G"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stdout == vector.mrtd + "\n")
     }
 
     @Test(arguments: V.tdx.map(\.image))
