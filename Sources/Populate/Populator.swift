@@ -43,10 +43,36 @@ public struct PopulateOptions: Sendable {
     public var observer: (any LaunchMeasurementObserver)?
     /// Where notes such as CPUID corrections go.
     public var log: @Sendable (String) -> Void = { _ in }
+    /// Called after each chunk a population handles (at most `maximumCallBytes`), for a progress display.
+    public var progress: (@Sendable (PopulateProgress) -> Void)?
     /// Where separate-source buffers come from and return to.
     var sourceMemory: any SourceMemory = HeapSourceMemory()
 
     public init() {}
+}
+
+/// How far a population has got: bytes of the plan handled so far, of the
+/// plan's total, and the time since it started.
+public struct PopulateProgress: Sendable, Equatable {
+    public var bytesDone: UInt64
+    public var bytesTotal: UInt64
+    public var seconds: Double
+
+    public init(bytesDone: UInt64, bytesTotal: UInt64, seconds: Double) {
+        self.bytesDone = bytesDone
+        self.bytesTotal = bytesTotal
+        self.seconds = seconds
+    }
+
+    /// The rate so far, once some time has passed.
+    public var gibPerSecond: Double? {
+        seconds > 0 && bytesDone > 0 ? Double(bytesDone) / Double(1 << 30) / seconds : nil
+    }
+
+    /// Seconds left at the rate so far.
+    public var secondsLeft: Double? {
+        gibPerSecond.map { Double(bytesTotal - min(bytesDone, bytesTotal)) / Double(1 << 30) / $0 }
+    }
 }
 
 /// The outcome of a population.
@@ -116,6 +142,8 @@ public final class Populator {
 
         let measurement = backend.makeMeasurement()
         var state = PopulationState(platform: capabilities.platform, algorithm: measurement.algorithm, policy: policy)
+        state.bytesTotal = plan.regions.reduce(0) { $0 + $1.range.size }
+        state.started = PhaseClock.now()
         state.report.backing = memory.backing?.description
         // A file too short for its region is refused before anything is converted.
         for (index, region) in plan.regions.enumerated() where capabilities.privateMemory {
@@ -125,6 +153,7 @@ public final class Populator {
             if !capabilities.privateMemory {
                 try writeInPlace(region, index: index, state: &state)
                 clock.lap("fill", bytes: region.range.size)
+                reportProgress(region.range.size, &state)
                 continue
             }
             try populateRegion(region, index: index, measurement: measurement, state: &state, clock: &clock)
@@ -252,8 +281,16 @@ public final class Populator {
                                measurement: measurement, state: &state)
             }
             clock.lap("populate", bytes: needsCall ? chunk.size : 0)
+            reportProgress(chunk.size, &state)
         }
         state.populated.append(range)
+    }
+
+    /// Counts `bytes` more of the plan as handled and tells `options.progress`.
+    private func reportProgress(_ bytes: UInt64, _ state: inout PopulationState) {
+        state.bytesDone += bytes
+        options.progress?(PopulateProgress(bytesDone: state.bytesDone, bytesTotal: state.bytesTotal,
+                                           seconds: PhaseClock.now() - state.started))
     }
 
     /// Makes `range` private, sending the same request again after EAGAIN
@@ -446,6 +483,10 @@ struct PopulationState {
     var madePrivate: [GuestRange] = []
     var populated: [GuestRange] = []
     let policy: PopulationPolicy
+    /// For progress: the plan's bytes, those handled so far, and when the population started.
+    var bytesTotal: UInt64 = 0
+    var bytesDone: UInt64 = 0
+    var started = 0.0
 
     init(platform: Platform, algorithm: MeasurementAlgorithm, policy: PopulationPolicy) {
         report = PopulateReport(platform: platform, policy: policy)

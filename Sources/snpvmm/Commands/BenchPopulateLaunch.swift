@@ -36,6 +36,9 @@ enum BenchPopulateLaunch {
             var options = PopulateOptions()
             options.policy = setup.policy
             options.observer = fake?.observer(of: session.vm)
+            let progress = ProgressLine.make(totalBytes: setup.size)
+            progress?.install(in: &options)
+            defer { progress?.finish() }
             let plan = LaunchPlan(regions: [PlanRegion(name: "image", range: GuestRange(start: 0, size: setup.size),
                                                        contents: .file(path: path, offset: 0, length: setup.size))])
             let start = BenchPopulate.now()

@@ -174,7 +174,11 @@ enum LaunchOnly {
         var engine = PopulateOptions()
         engine.log = StandardError.log
         engine.observer = fake?.observer(of: session.vm)
+        let progress = ProgressLine.make(totalBytes: plan.regions.reduce(0) { $0 + $1.range.size })
+        progress?.install(in: &engine)
+        defer { progress?.finish() }
         let result = try session.populate(plan, options: engine)
+        progress?.finish()
         try LaunchReport.print(result, label: (fake == nil ? "" : "emulated ") + label, ledgerPath: ledger, log: StandardError.log)
         print(Hex.encode(result.expectedMeasurement ?? []))
     }

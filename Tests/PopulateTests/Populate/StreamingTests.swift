@@ -4,6 +4,14 @@ import KVMFake
 @testable import Populate
 import Testing
 
+/// Records progress reports.
+final class ProgressRecorder: @unchecked Sendable {
+    private let lock = NSLock()
+    private var reports: [PopulateProgress] = []
+    func append(_ report: PopulateProgress) { lock.withLock { reports.append(report) } }
+    var all: [PopulateProgress] { lock.withLock { reports } }
+}
+
 /// Population streams a region in chunks of at most `maximumCallBytes`
 /// that end on 2 MiB-aligned addresses, never holding a region whole.
 @Suite struct StreamingTests {
@@ -78,6 +86,23 @@ import Testing
             #expect(error.nextGPA == failedAt)
             #expect(rig.fake.privateRanges(of: rig.vm) == error.madePrivate)
         }
+    }
+
+    /// Progress comes after every chunk, counting the bytes of the plan done.
+    @Test func progressIsReportedAfterEachChunkUpToThePlansTotal() throws {
+        let rig = try PopulationRig(.snp)
+        let seen = ProgressRecorder()
+        var options = rig.observed
+        options.maximumCallBytes = Self.chunk
+        options.progress = { seen.append($0) }
+        let (region, path) = try Self.makeFile()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let after = PlanRegion(name: "after", range: GuestRange(start: 0x80_0000, size: 0x1000), contents: .bytes([1]))
+        _ = try rig.populate(LaunchPlan(regions: [region, after]), options)
+        let total = Self.range.size + 0x1000
+        #expect(seen.all.map(\.bytesDone) == [0x1F_D000, 0x3F_D000, 0x50_0000, 0x50_1000])
+        #expect(seen.all.allSatisfy { $0.bytesTotal == total })
+        #expect(zip(seen.all, seen.all.dropFirst()).allSatisfy { $0.seconds <= $1.seconds })
     }
 
     /// A file shorter than its region is refused before any page is made private.
