@@ -6,10 +6,10 @@ import Dispatch
 /// the next batch.
 public enum ParallelPageHasher {
     /// Pages per unit of hashing work handed to one thread.
-    static let pagesPerTask = 64
+    static let pagesPerTask = 256
     /// Pages hashed before their digests are chained (16 MiB): bounds the
     /// memory for digests and lets the chain overlap the hashing.
-    static let pagesPerBatch = 4096
+    static let pagesPerBatch = 8192
 
     /// Calls `link(pageIndex, digest)` for every 4096-byte page of `bytes`
     /// (whose count is a multiple of 4096), in page order, one call at a time.
