@@ -78,11 +78,14 @@ enum MeasurementVectors {
         return [UInt8](FileManager.default.contents(atPath: directory + "/" + name) ?? Data())
     }
 
-    /// A path holding the image: the fixture itself, or a derived image written to a temporary file.
+    /// A path holding the image: the fixture itself, or a derived image in
+    /// the temporary directory under a name of its own, written (atomically)
+    /// only when it is missing or differs, so runs reuse one file per image.
     static func path(_ name: String) throws -> String {
         guard snp.derivedImages[name] != nil else { return directory + "/" + name }
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("measure-\(UUID().uuidString)-\(name)").path
-        try Data(bytes(name)).write(to: URL(fileURLWithPath: path))
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("snpvmm-derived-\(name)").path
+        let wanted = Data(bytes(name))
+        if FileManager.default.contents(atPath: path) != wanted { try wanted.write(to: URL(fileURLWithPath: path), options: .atomic) }
         return path
     }
 
