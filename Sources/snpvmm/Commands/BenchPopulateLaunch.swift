@@ -29,8 +29,8 @@ enum BenchPopulateLaunch {
         let result: PopulateResult
         let seconds: Double
         do {
-            try writeImage(path, size: setup.size)
             let (session, fake) = try makeSession(setup)
+            try writeImage(path, size: setup.size)
             try session.createVCPUs(1)
             try session.createMemory(at: 0, size: setup.size, slot: 0)
             var options = PopulateOptions()
@@ -45,6 +45,7 @@ enum BenchPopulateLaunch {
             result = try session.populate(plan, options: options)
             seconds = BenchPopulate.now() - start
         } catch {
+            unlink(path)
             fail("bench populate: \(error)")
         }
         let peakRSS = peakResidentBytes()

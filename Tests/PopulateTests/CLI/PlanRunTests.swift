@@ -18,7 +18,7 @@ import Testing
             config   unmeasured  0x300000  0x1000  hex \(Hex.encode(config))
             """
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("plan-\(UUID().uuidString).txt").path
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
         return path
     }
 

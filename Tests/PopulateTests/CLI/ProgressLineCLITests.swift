@@ -8,7 +8,7 @@ struct ProgressLineCLITests {
     /// A 1 GiB plan of ZERO pages: no contents to read, so the launch is quick.
     static func withPlan<T>(_ body: (String) throws -> T) throws -> T {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("zero-\(UUID().uuidString).plan").path
-        try "ram zero 0x0 0x40000000 zeros\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "ram zero 0x0 0x40000000 zeros\n".write(toFile: path, atomically: false, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: path) }
         return try body(path)
     }

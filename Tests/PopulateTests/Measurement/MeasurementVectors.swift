@@ -85,7 +85,12 @@ enum MeasurementVectors {
         guard snp.derivedImages[name] != nil else { return directory + "/" + name }
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("snpvmm-derived-\(name)").path
         let wanted = Data(bytes(name))
-        if FileManager.default.contents(atPath: path) != wanted { try wanted.write(to: URL(fileURLWithPath: path), options: .atomic) }
+        if FileManager.default.contents(atPath: path) != wanted {
+            // Written beside it, then renamed over it, so a concurrent reader sees one image or the other.
+            let partial = path + ".\(getpid())"
+            try wanted.write(to: URL(fileURLWithPath: partial))
+            guard rename(partial, path) == 0 else { throw CocoaError(.fileWriteUnknown) }
+        }
         return path
     }
 
