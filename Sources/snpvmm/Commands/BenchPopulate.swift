@@ -13,7 +13,7 @@ import VMMCore
 enum BenchPopulate {
     static let benchmark = BenchCommand.Benchmark(
         name: "populate",
-        synopsis: "populate --size SIZE [--runs N] [--json] | populate --platform snp|tdx|cca [--emulate] [--policy in-place|separate-source] --size SIZE [--json]",
+        synopsis: "populate --size SIZE [--runs N] [--json] | populate --platform plain|snp|tdx|cca [--emulate] [--policy in-place|separate-source] --size SIZE [--json]",
         run: { run($0) })
 
     static func run(_ arguments: [String]) -> ExitCode {
@@ -39,8 +39,8 @@ enum BenchPopulate {
         }
         let json = given.has("--json")
         if let name = given["--platform"] {
-            guard let platform = Platform(rawValue: name), platform != .plain else {
-                fail("bench populate: --platform '\(name)' must be snp, tdx or cca", status: .usage)
+            guard let platform = Platform(rawValue: name) else {
+                fail("bench populate: --platform '\(name)' must be plain, snp, tdx or cca", status: .usage)
             }
             var policy: PopulationPolicy?
             if let text = given["--policy"] {

@@ -46,7 +46,7 @@ enum BenchPopulateLaunch {
             seconds = BenchPopulate.now() - start
         } catch {
             unlink(path)
-            fail("bench populate: \(error)")
+            fail("bench populate: \(error)" + (setup.emulate ? "" : "; give --emulate to run over the emulated platform"))
         }
         let peakRSS = peakResidentBytes()
         let bound = setup.size + setup.size * 15 / 100 + (256 << 20)
