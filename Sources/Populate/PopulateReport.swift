@@ -19,13 +19,13 @@ public struct PopulateReport: Sendable, Equatable, CustomStringConvertible {
     /// plan; read the region's contents; measure (hash the pages the
     /// platform measures by content); fill (write in place, or copy into a
     /// source buffer); convert to private; populate (the platform's calls);
-    /// finish.
+    /// finish; and pre-fault, where `Populator.prePopulate(vcpu:report:)` ran.
     public var phaseSeconds: [String: Double] = [:]
     /// Bytes each phase handled; with `phaseSeconds`, its rate.
     public var phaseBytes: [String: UInt64] = [:]
 
     /// The phases, in the order they run.
-    public static let phases = ["validate", "read", "measure", "fill", "convert", "populate", "finish"]
+    public static let phases = ["validate", "read", "measure", "fill", "convert", "populate", "finish", "pre-fault"]
 
     /// GiB per second through `phase`, where it handled bytes and took measurable time.
     public func gibPerSecond(_ phase: String) -> Double? {

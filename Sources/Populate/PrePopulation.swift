@@ -18,6 +18,14 @@ public enum PrePopulation: Sendable, Equatable, CustomStringConvertible {
         case .none(let reason): "none (\(reason))"
         }
     }
+
+    /// The bytes faulted in.
+    public var bytes: UInt64 {
+        switch self {
+        case .preFaultMemory(let bytes), .madvisePopulateWrite(let bytes): bytes
+        case .none: 0
+        }
+    }
 }
 
 extension Populator {
@@ -33,9 +41,14 @@ extension Populator {
     }
 
     /// `prePopulate(vcpu:)`, recording the method and the calls resumed in a population's report.
+    /// The time and bytes go into the report as its "pre-fault" phase.
     public func prePopulate(vcpu: VCPU, report: inout PopulateReport) throws(PopulateError) {
         var resumptions = 0
-        report.prePopulation = try prePopulate(vcpu: vcpu, resumptions: &resumptions).description
+        let start = PhaseClock.now()
+        let method = try prePopulate(vcpu: vcpu, resumptions: &resumptions)
+        report.phaseSeconds["pre-fault", default: 0] += PhaseClock.now() - start
+        report.phaseBytes["pre-fault", default: 0] += method.bytes
+        report.prePopulation = method.description
         report.retries += resumptions
     }
 

@@ -445,6 +445,9 @@ func expectedSNPDigest(start: [UInt8], _ pages: [(gpa: UInt64, type: UInt8, cont
         try populator.prePopulate(vcpu: rig.vcpu, report: &result.report)
         #expect(result.report.description.hasSuffix("pre-population: KVM_PRE_FAULT_MEMORY over 8388608 bytes"))
         #expect(rig.kernel.count(of: .ioctl(.preFaultMemory)) >= 1)
+        // The report times it as a phase of its own, over the slot's bytes.
+        #expect(result.report.phaseBytes["pre-fault"] == PopulationRig.memorySize)
+        #expect(result.report.phaseSeconds["pre-fault"].map { $0 > 0 } == true)
     }
 
     @Test(.requiresKVM(.kvm))
