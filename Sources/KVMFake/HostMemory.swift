@@ -71,6 +71,19 @@ struct HostMemory {
         policy == .contiguous1G ? framesPer1G : framesPer2M
     }
 
+    /// `pages` cut where a contiguous policy's runs begin, each part with its run's key.
+    private static func runParts(file: Int, pages: Range<UInt64>, policy: PlacementPolicy) -> [(RunKey, Range<UInt64>)] {
+        let runFrames = runFrames(policy)
+        var parts: [(RunKey, Range<UInt64>)] = []
+        var page = pages.lowerBound
+        while page < pages.upperBound {
+            let runEnd = min(pages.upperBound, (page / runFrames + 1) * runFrames)
+            parts.append((RunKey(file: file, run: page / runFrames), page..<runEnd))
+            page = runEnd
+        }
+        return parts
+    }
+
     /// Gives pages `pages` of `file`, none of them allocated yet, host
     /// frames; a page gets none when the host has no frame (or no free run) left.
     mutating func allocate(file: Int, pages: Range<UInt64>, policy: PlacementPolicy) {
@@ -85,16 +98,11 @@ struct HostMemory {
                 scattered[key]![Int(page % Self.framesPer2M)] = UInt32(frame)
             }
         case .contiguous2M, .contiguous1G:
-            let runFrames = Self.runFrames(policy)
-            var page = pages.lowerBound
-            while page < pages.upperBound {
-                let runEnd = min(pages.upperBound, (page / runFrames + 1) * runFrames)
-                let key = RunKey(file: file, run: page / runFrames)
+            for (key, part) in Self.runParts(file: file, pages: pages, policy: policy) {
                 if runs[key] == nil, let base = policy == .contiguous2M ? freeSlot() : freeRegion() {
-                    takeRun(base: base, frames: runFrames, key: key)
+                    takeRun(base: base, frames: Self.runFrames(policy), key: key)
                 }
-                runs[key]?.used += runEnd - page
-                page = runEnd
+                runs[key]?.used += UInt64(part.count)
             }
         }
     }
@@ -112,15 +120,9 @@ struct HostMemory {
                 freeSingle(UInt64(frame))
             }
         case .contiguous2M, .contiguous1G:
-            let runFrames = Self.runFrames(policy)
-            var page = pages.lowerBound
-            while page < pages.upperBound {
-                let runEnd = min(pages.upperBound, (page / runFrames + 1) * runFrames)
-                let key = RunKey(file: file, run: page / runFrames)
-                if let run = runs[key] {
-                    if run.used > runEnd - page { runs[key]!.used -= runEnd - page } else { releaseRun(key) }
-                }
-                page = runEnd
+            for (key, part) in Self.runParts(file: file, pages: pages, policy: policy) {
+                guard let run = runs[key] else { continue }
+                if run.used > UInt64(part.count) { runs[key]!.used -= UInt64(part.count) } else { releaseRun(key) }
             }
         }
     }
@@ -147,12 +149,8 @@ struct HostMemory {
         case .scattered4K:
             for page in pages { body(page, frame(file: file, page: page, policy: policy), 1) }
         case .contiguous2M, .contiguous1G:
-            let runFrames = Self.runFrames(policy)
-            var page = pages.lowerBound
-            while page < pages.upperBound {
-                let runEnd = min(pages.upperBound, (page / runFrames + 1) * runFrames)
-                body(page, frame(file: file, page: page, policy: policy), runEnd - page)
-                page = runEnd
+            for (_, part) in Self.runParts(file: file, pages: pages, policy: policy) {
+                body(part.lowerBound, frame(file: file, page: part.lowerBound, policy: policy), UInt64(part.count))
             }
         }
     }
