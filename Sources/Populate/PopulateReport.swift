@@ -55,7 +55,7 @@ public struct PopulateReport: Sendable, Equatable, CustomStringConvertible {
         let kinds = PageKind.allCases.compactMap { kind in pagesByKind[kind].map { "\(kind.rawValue) \($0)" } }
         let phases = Self.phases.compactMap { phase in
             phaseSeconds[phase].map { seconds in
-                "\(phase) \(String(format3: seconds * 1000)) ms" + (gibPerSecond(phase).map { " (\(String(format3: $0)) GiB/s)" } ?? "")
+                "\(phase) \(String(seconds * 1000, decimals: 3)) ms" + (gibPerSecond(phase).map { " (\(String($0, decimals: 3)) GiB/s)" } ?? "")
             }
         }
         var lines = [
@@ -72,13 +72,18 @@ public struct PopulateReport: Sendable, Equatable, CustomStringConvertible {
 }
 
 extension String {
-    /// A number with three decimals, without Foundation.
-    init(format3 value: Double) {
-        let thousandths = Int((value * 1000).rounded())
-        let sign = thousandths < 0 ? "-" : ""
-        let magnitude = abs(thousandths)
-        let fraction = String(magnitude % 1000)
-        self = "\(sign)\(magnitude / 1000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction)"
+    /// `value` rounded to `decimals` decimal places, without Foundation: `String(1.5, decimals: 3)` is "1.500".
+    public init(_ value: Double, decimals: Int) {
+        let scale = (0..<decimals).reduce(1) { product, _ in product * 10 }
+        let scaled = Int((value * Double(scale)).rounded())
+        let sign = scaled < 0 ? "-" : ""
+        let magnitude = abs(scaled)
+        guard decimals > 0 else {
+            self = "\(sign)\(magnitude)"
+            return
+        }
+        let fraction = String(magnitude % scale)
+        self = "\(sign)\(magnitude / scale).\(String(repeating: "0", count: decimals - fraction.count))\(fraction)"
     }
 }
 

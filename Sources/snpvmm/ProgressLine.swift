@@ -51,17 +51,9 @@ final class ProgressLine: @unchecked Sendable {
     static func text(_ progress: PopulateProgress) -> String {
         let gib = Double(1 << 30)
         let percent = progress.bytesTotal == 0 ? 100 : Int(Double(progress.bytesDone) * 100 / Double(progress.bytesTotal))
-        var line = "populating \(fixed(Double(progress.bytesDone) / gib, 2)) of \(fixed(Double(progress.bytesTotal) / gib, 2)) GiB (\(percent)%)"
-        if let rate = progress.gibPerSecond { line += ", \(fixed(rate, 3)) GiB/s" }
-        if let left = progress.secondsLeft { line += ", \(fixed(left, 1)) s left" }
+        var line = "populating \(String(Double(progress.bytesDone) / gib, decimals: 2)) of \(String(Double(progress.bytesTotal) / gib, decimals: 2)) GiB (\(percent)%)"
+        if let rate = progress.gibPerSecond { line += ", \(String(rate, decimals: 3)) GiB/s" }
+        if let left = progress.secondsLeft { line += ", \(String(left, decimals: 1)) s left" }
         return line
-    }
-
-    /// `value` with `places` decimals.
-    static func fixed(_ value: Double, _ places: Int) -> String {
-        let scale = (0..<places).reduce(1) { value, _ in value * 10 }
-        let scaled = Int((value * Double(scale)).rounded())
-        let fraction = String(scaled % scale)
-        return places == 0 ? "\(scaled)" : "\(scaled / scale).\(String(repeating: "0", count: places - fraction.count))\(fraction)"
     }
 }

@@ -240,10 +240,5 @@ enum BenchPopulate {
     static func ratio(_ value: Double) -> String { fixed3(value) }
 
     /// A number with three decimals.
-    static func fixed3(_ value: Double) -> String {
-        let thousandths = Int((value * 1000).rounded())
-        let fraction = String(abs(thousandths) % 1000)
-        return "\(thousandths < 0 ? "-" : "")\(abs(thousandths) / 1000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction)"
-    }
+    static func fixed3(_ value: Double) -> String { String(value, decimals: 3) }
 }
-
