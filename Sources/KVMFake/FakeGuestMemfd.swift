@@ -90,8 +90,6 @@ final class FakeGuestMemfd {
         }
     }
 
-    func allocatePage(_ index: Int, _ host: inout HostMemory) { allocate(index..<(index + 1), &host) }
-
     /// RMPUPDATE of the pages of `range` to guest-owned at `gpa` onwards
     /// (`rmp_make_private`): one update per page, or one for the whole
     /// range where it is one 2 MiB entry (`isLarge`). Every page has a frame.

@@ -815,13 +815,8 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
                 && gmem.frame(pages.lowerBound, host).map { $0 % hugePages == 0 } == true
             for stretch in gmem.stretches(pages, where: { $0.rmp == nil && $0.allocated }) {
                 let stretchGPA = (first + UInt64(stretch.lowerBound - pages.lowerBound)) * pageSize
-                if large, stretch == pages {
-                    gmem.assignRMP(stretch, gpa: stretchGPA, asid: snp.asid, immutable: false, validated: false, isLarge: true,
-                                   host, rmp: &rmp)
-                } else {
-                    gmem.assignRMP(stretch, gpa: stretchGPA, asid: snp.asid, immutable: false, validated: false, isLarge: false,
-                                   host, rmp: &rmp)
-                }
+                gmem.assignRMP(stretch, gpa: stretchGPA, asid: snp.asid, immutable: false, validated: false,
+                               isLarge: large && stretch == pages, host, rmp: &rmp)
             }
         }
         return min(size, (first + count) * pageSize - gpa)
@@ -972,7 +967,7 @@ public final class FakeKVM: KernelInterface, @unchecked Sendable {
             if isPrivate || slot.gmemOnly {
                 guard let gmem = slot.gmem, !slot.gmemClosed else { throw memoryFault() }
                 let index = slot.gmemPage(gfn)
-                gmem.allocatePage(index, &host)
+                gmem.allocate(index..<(index + 1), &host)
                 gmem.update(index..<(index + 1)) { $0.prepared = true }
                 if isPrivate, let snp = vm.snp, snp.finished, gmem.frame(index, host) != nil, gmem.state(index).rmp == nil {
                     // sev_gmem_prepare: after launch, private pages are assigned on first fault.

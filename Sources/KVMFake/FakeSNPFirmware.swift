@@ -264,8 +264,6 @@ extension FakeKVM {
                 bytes.copyMemory(from: UnsafeRawBufferPointer(start: source + offset * Int(pageSize), count: Int(pageSize)))
             }
             switch type {
-            case .zero:
-                break
             case .secrets:
                 // The firmware fills the secrets page (VMPCKs and the like); the host learns nothing of it.
                 let secret = FirmwareHash.sha384.digest(Array("fake secrets page, asid \(asid)".utf8))

@@ -26,8 +26,8 @@ struct RMPState: Equatable {
     var validated: Bool
     var immutable: Bool
     var isLarge: Bool
-    /// The GPA less the page's offset in its file (or the frame's address
-    /// for a kernel page), so that consecutive pages at consecutive GPAs share one value.
+    /// The GPA less the page's offset in its file, so that consecutive
+    /// pages at consecutive GPAs share one value.
     var gpaBase: UInt64
 
     func entry(gpaOffset: UInt64) -> RMPEntry {
@@ -53,9 +53,9 @@ struct RMPTable {
 
     static let regionFrames: UInt64 = 262_144
 
-    /// Counts `count` frames from `frame` as assigned to `asid` (positive) or
-    /// no longer (negative). Assigning clears each region's RMPOPT bit on
-    /// every CPU (the hardware does this on RMPUPDATE).
+    /// Counts `count` frames from `frame` as assigned to `asid`, or, with
+    /// `assigned` false, as no longer assigned. Assigning clears each
+    /// region's RMPOPT bit on every CPU (the hardware does this on RMPUPDATE).
     mutating func count(frame: UInt64, frames count: UInt64, asid: UInt32, assigned: Bool) {
         var first = frame
         let end = frame + count
