@@ -140,26 +140,15 @@ extension LaunchPlan {
         }
     }
 
-
-    /// The region's bytes, zero-padded to its whole size.
+    /// The region's bytes, zero-padded to its whole size (`readContents` over all of it).
     static func pageContents(of region: PlanRegion, index: Int) throws(ExpectedMeasurementError) -> [UInt8] {
-        var bytes: [UInt8]
-        switch region.contents {
-        case .bytes(let contents): bytes = contents
-        case .zeros: bytes = []
-        case .file(let path, let offset, let length):
-            do { bytes = try FileBytes.read(path, offset: offset, length: length) } catch {
-                throw .unreadable(index: index, region: region.name, error: error)
-            }
-            guard UInt64(bytes.count) == length else {
-                throw .shortFile(index: index, region: region.name, expected: length, read: UInt64(bytes.count))
-            }
-        }
-        guard let size = Int(exactly: region.range.size), bytes.count <= size else {
+        guard let size = Int(exactly: region.range.size), region.contents.count <= region.range.size else {
             throw .notPageAligned(index: index, region: region.name)
         }
-        // Pad only when needed: appending nothing would still copy shared storage.
-        if bytes.count < size { bytes += [UInt8](repeating: 0, count: size - bytes.count) }
+        var bytes = [UInt8](repeating: 0, count: size)
+        try bytes.withUnsafeMutableBytes { raw in
+            Result { () throws(ExpectedMeasurementError) in try readContents(of: region, index: index, offset: 0, into: raw) }
+        }.get()
         return bytes
     }
 }
