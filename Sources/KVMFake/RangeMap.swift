@@ -13,7 +13,7 @@ struct RangeMap<Value: Equatable> {
         var value: Value
     }
 
-    private(set) var runs: [Run] = []
+    private var runs: [Run] = []
     let defaultValue: Value
 
     init(defaultValue: Value) { self.defaultValue = defaultValue }
@@ -28,11 +28,7 @@ struct RangeMap<Value: Equatable> {
         return low
     }
 
-    func value(at key: UInt64) -> Value {
-        let index = firstRun(endingAfter: key)
-        if index < runs.count, runs[index].start <= key { return runs[index].value }
-        return defaultValue
-    }
+    func value(at key: UInt64) -> Value { segment(at: key).value }
 
     /// The value at `key` and the first key after it where the value may change.
     func segment(at key: UInt64) -> (value: Value, end: UInt64) {
@@ -69,13 +65,6 @@ struct RangeMap<Value: Equatable> {
             key = runEnd
         }
         return true
-    }
-
-    /// True when some key in `start..<end` satisfies `predicate`.
-    func contains(_ start: UInt64, _ end: UInt64, where predicate: (Value) -> Bool) -> Bool {
-        var found = false
-        forEachSegment(start, end) { _, _, value in if !found, predicate(value) { found = true } }
-        return found
     }
 
     mutating func set(_ start: UInt64, _ end: UInt64, to value: Value) {

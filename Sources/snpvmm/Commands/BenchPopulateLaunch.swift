@@ -7,7 +7,7 @@ import LaunchMeasurement
 import Populate
 import VMMCore
 
-/// `snpvmm bench populate --platform snp|tdx|cca`: one confidential launch
+/// `snpvmm bench populate --platform plain|snp|tdx|cca`: one launch
 /// of a `--size` image read from a file, through `LaunchSession` and the
 /// Populate engine, on the emulated platform (`--emulate`, labelled so) or
 /// this host's KVM. It reports the launch's rate, its phases, its calls and
