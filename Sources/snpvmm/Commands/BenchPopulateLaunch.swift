@@ -46,7 +46,10 @@ enum BenchPopulateLaunch {
             seconds = BenchPopulate.now() - start
         } catch {
             unlink(path)
-            fail("bench populate: \(error)" + (setup.emulate ? "" : "; give --emulate to run over the emulated platform"))
+            let why = "\(error)"
+            if setup.emulate { fail("bench populate: \(why)") }
+            // The hint follows the kernel error's own sentence, without its full stop.
+            fail("bench populate: \(why.hasSuffix(".") ? String(why.dropLast()) : why); give --emulate to run over the emulated platform")
         }
         let peakRSS = peakResidentBytes()
         let bound = setup.size + setup.size * 15 / 100 + (256 << 20)
